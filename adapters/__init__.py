@@ -1,0 +1,1 @@
+"""anyio I/O around the sans-IO engine."""

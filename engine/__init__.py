@@ -1,0 +1,1 @@
+"""leanjoin.engine: the pure, sans-IO core of the lean-join protocol."""

@@ -121,6 +121,8 @@ def _bool(obj: Mapping[str, Any], name: str) -> bool:
 
 def _count(obj: Mapping[str, Any], name: str) -> int:
     value = _required(obj, name)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema (and JavaScript) treat 3.0 as the integer 3
     if isinstance(value, bool) or not isinstance(value, int):
         raise _wrong(name, "an integer", value)
     if value < 0:
@@ -222,9 +224,11 @@ def _prompt(obj: Mapping[str, Any]) -> Prompt:
 
 
 def _queue_position(obj: Mapping[str, Any]) -> QueuePosition:
-    # Android accepts the legacy field name `queue_position` for `position`.
-    key = "position" if "position" in obj or "queue_position" not in obj else "queue_position"
-    return QueuePosition(position=_count(obj, key), queue_size=_count(obj, "queue_size"))
+    # Android accepts the legacy field name `queue_position` for `position`;
+    # whichever is present must be valid, and `position` wins.
+    legacy = _count(obj, "queue_position") if "queue_position" in obj else None
+    position = _count(obj, "position") if "position" in obj or legacy is None else legacy
+    return QueuePosition(position=position, queue_size=_count(obj, "queue_size"))
 
 
 def _room_info(obj: Mapping[str, Any]) -> LiveKitRoomInfo:

@@ -1,0 +1,229 @@
+"""The wire codec: exact serialization, never-raising parsing, schema agreement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import jsonschema
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from leanjoin.engine import messages as m
+from leanjoin.engine.codec import (
+    FrameProblem,
+    IgnoredFrame,
+    ProblemKind,
+    encode,
+    parse_client_frame,
+    parse_server_frame,
+)
+
+SCHEMA = json.loads((Path(__file__).parents[1] / "specs" / "messages.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+def _def_validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(
+        {**SCHEMA, "$ref": f"#/$defs/{name}", "oneOf": None}
+        | {"oneOf": [{"$ref": f"#/$defs/{name}"}]}
+    )
+
+
+CLIENT = _def_validator("client")
+SERVER = _def_validator("server")
+
+text = st.text(max_size=20)
+maybe = lambda s: st.one_of(st.just(m.ABSENT), s)  # noqa: E731
+seconds = st.floats(min_value=0, max_value=1e6, allow_nan=False)
+count = st.integers(min_value=0, max_value=10**6)
+
+client_messages: st.SearchStrategy[m.ClientMessage] = st.one_of(
+    st.builds(
+        m.LiveKitJoin,
+        passthrough=maybe(st.booleans()),
+        client_capabilities=maybe(
+            st.builds(m.ClientCapabilities, frame_timing=maybe(st.booleans()))
+        ),
+        initial_state=maybe(
+            st.builds(
+                m.InitialStateBody,
+                image_data=maybe(st.none() | text),
+                prompt=maybe(st.none() | text),
+                enhance_prompt=maybe(st.booleans()),
+            )
+        ),
+    ),
+    st.builds(
+        m.SetImage,
+        image_data=st.none() | text,
+        prompt=maybe(st.none() | text),
+        enhance_prompt=maybe(st.booleans()),
+    ),
+    st.builds(
+        m.SetImage, image_data=st.just(m.ABSENT), image_ref=text, prompt=maybe(st.none() | text)
+    ),
+    st.builds(m.Prompt, prompt=text, enhance_prompt=st.booleans()),
+)
+
+server_messages: st.SearchStrategy[m.ServerMessage] = st.one_of(
+    st.builds(m.QueuePosition, position=count, queue_size=count),
+    st.builds(m.LiveKitRoomInfo, livekit_url=text, token=text, room_name=text, session_id=text),
+    st.builds(m.SetImageAck, success=st.booleans(), error=maybe(st.none() | text)),
+    st.builds(m.PromptAck, prompt=text, success=st.booleans(), error=maybe(st.none() | text)),
+    st.builds(m.Error, error=text),
+    st.just(m.GenerationStarted()),
+    st.builds(m.GenerationTick, seconds=seconds),
+    st.builds(m.GenerationEnded, seconds=seconds, reason=text),
+    st.builds(m.LegacySessionId, session_id=maybe(text)),
+    st.just(m.LegacyReady()),
+    st.builds(m.LegacyStatus, status=maybe(text)),
+)
+
+
+@given(client_messages)
+def test_client_messages_round_trip_and_match_the_schema(message: m.ClientMessage) -> None:
+    frame = encode(message)
+    CLIENT.validate(json.loads(frame))
+    assert parse_client_frame(frame) == message
+
+
+@given(server_messages)
+def test_server_messages_round_trip_and_match_the_schema(message: m.ServerMessage) -> None:
+    frame = encode(message)
+    SERVER.validate(json.loads(frame))
+    assert parse_server_frame(frame) == message
+
+
+FIELDS = {
+    "livekit_join": ["passthrough", "client_capabilities", "initial_state"],
+    "set_image": ["image_data", "image_ref", "prompt", "enhance_prompt"],
+    "prompt": ["prompt", "enhance_prompt"],
+    "queue_position": ["position", "queue_size", "queue_position"],
+    "livekit_room_info": ["livekit_url", "token", "room_name", "session_id"],
+    "set_image_ack": ["success", "error"],
+    "prompt_ack": ["prompt", "success", "error"],
+    "error": ["error"],
+    "generation_tick": ["seconds"],
+    "generation_ended": ["seconds", "reason"],
+}
+json_scalars = (
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-2, 2, allow_nan=False) | text
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(text, inner, max_size=2),
+    max_leaves=4,
+)
+
+
+@st.composite
+def mutated_frames(draw: st.DrawFn) -> dict[str, Any]:
+    message_type = draw(st.sampled_from(sorted(FIELDS)))
+    names = draw(st.lists(st.sampled_from(FIELDS[message_type]), unique=True))
+    obj: dict[str, Any] = {"type": message_type}
+    for name in names:
+        obj[name] = draw(json_values | st.booleans() | text | count)
+    return obj
+
+
+@given(mutated_frames())
+def test_codec_accepts_exactly_what_the_schema_accepts(obj: dict[str, Any]) -> None:
+    """Both directions of agreement on arbitrary frames of known types."""
+    frame = json.dumps(obj)
+    side = "client" if obj["type"] in ("livekit_join", "set_image", "prompt") else "server"
+    parse = parse_client_frame if side == "client" else parse_server_frame
+    parsed = parse(frame)
+    schema_ok = (CLIENT if side == "client" else SERVER).is_valid(obj)
+    assert isinstance(parsed, FrameProblem) != schema_ok, (parsed, schema_ok)
+
+
+@given(st.binary(max_size=200) | st.text(max_size=200) | json_values.map(json.dumps))
+def test_parsing_never_raises(frame: bytes | str) -> None:
+    for parse in (parse_client_frame, parse_server_frame):
+        result = parse(frame)
+        assert isinstance(result, FrameProblem | IgnoredFrame) or attrs.has(type(result))
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind", "detail"),
+    [
+        (b"\x00", ProblemKind.BINARY_FRAME, "binary"),
+        ("{", ProblemKind.NOT_JSON, "not valid JSON"),
+        ('{"type":"generation_tick","seconds":NaN}', ProblemKind.NOT_JSON, "NaN"),
+        ("[1]", ProblemKind.NOT_OBJECT, "got array"),
+        ("{}", ProblemKind.MISSING_TYPE, "no 'type'"),
+        ('{"type":7}', ProblemKind.MISSING_TYPE, "must be a string"),
+        ('{"type":"error"}', ProblemKind.MISSING_FIELD, "'error'"),
+        (
+            '{"type":"set_image_ack","success":"yes"}',
+            ProblemKind.WRONG_FIELD_TYPE,
+            "'success' must be a boolean, got string",
+        ),
+        (
+            '{"type":"queue_position","position":-1,"queue_size":1}',
+            ProblemKind.INVALID_VALUE,
+            "'position'",
+        ),
+        ("[" * 100_000, ProblemKind.NOT_JSON, "RecursionError"),
+        ('{"type":"generation_tick","seconds":' + "9" * 5000 + "}", ProblemKind.NOT_JSON, "limit"),
+    ],
+)
+def test_problems_name_what_was_wrong(frame: str | bytes, kind: ProblemKind, detail: str) -> None:
+    result = parse_server_frame(frame)
+    assert isinstance(result, FrameProblem)
+    assert result.kind is kind
+    assert detail in result.detail
+
+
+def test_oversized_frames_are_refused_before_parsing() -> None:
+    result = parse_server_frame('{"type":"error","error":"' + "x" * 2000 + '"}', max_bytes=1024)
+    assert isinstance(result, FrameProblem) and result.kind is ProblemKind.TOO_LARGE
+    assert "1024" in result.detail
+    # Multi-byte characters count as bytes, not characters.
+    assert isinstance(parse_server_frame('"' + "é" * 600 + '"', max_bytes=1024), FrameProblem)
+
+
+def test_problems_never_echo_field_values() -> None:
+    result = parse_server_frame(
+        '{"type":"livekit_room_info","livekit_url":"u","token":12345678,"room_name":"r","session_id":"s"}'
+    )
+    assert isinstance(result, FrameProblem)
+    assert "12345678" not in result.detail and "'token'" in result.detail
+
+
+def test_unknown_and_legacy_types_are_ignorable() -> None:
+    assert parse_server_frame('{"type":"brand_new","x":1}') == IgnoredFrame("brand_new")
+    assert parse_client_frame(
+        '{"type":"queue_position","position":1,"queue_size":1}'
+    ) == IgnoredFrame("queue_position")
+    assert parse_server_frame('{"type":"ready"}') == m.LegacyReady()
+
+
+def test_serialization_follows_the_spec_exactly() -> None:
+    assert encode(m.LiveKitJoin(passthrough=False)) == '{"type":"livekit_join","passthrough":false}'
+    assert encode(m.LiveKitJoin()) == '{"type":"livekit_join"}'
+    assert encode(m.SetImage()) == '{"type":"set_image","image_data":null}'
+    assert (
+        encode(m.SetImage(image_data=None, prompt=None))
+        == '{"type":"set_image","image_data":null,"prompt":null}'
+    )
+    assert (
+        encode(m.SetImage(image_data=m.ABSENT, image_ref="f1"))
+        == '{"type":"set_image","image_ref":"f1"}'
+    )
+    assert encode(m.Prompt("a")) == '{"type":"prompt","prompt":"a","enhance_prompt":true}'
+    assert parse_client_frame('{"type":"prompt","prompt":"a"}') == m.Prompt("a", True)
+    assert parse_server_frame(
+        '{"type":"queue_position","queue_position":4,"queue_size":9}'
+    ) == m.QueuePosition(4, 9)
+
+
+def test_reprs_hide_secrets() -> None:
+    info = m.LiveKitRoomInfo(
+        livekit_url="ws://x", token="SECRET-TOKEN", room_name="r", session_id="s"
+    )
+    image = m.SetImage(image_data="SECRETIMAGEBYTES")
+    assert "SECRET" not in repr(info) and "SECRET" not in repr(image)

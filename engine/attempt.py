@@ -21,11 +21,12 @@ class Deadline(enum.IntEnum):
     CONNECT = 0
     SOCKET_OPEN = 1
     ROOM_INFO = 2
-    MAX_QUEUE_WAIT = 3
-    MEDIA = 4
-    INITIAL_STATE_ACK = 5
-    REQUEST = 6
-    RETRY = 7
+    QUEUE_SILENCE = 3
+    MAX_QUEUE_WAIT = 4
+    MEDIA = 5
+    INITIAL_STATE_ACK = 6
+    REQUEST = 7
+    RETRY = 8
 
 
 class AckWatch(enum.Enum):

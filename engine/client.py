@@ -212,6 +212,7 @@ class ClientSession:
     __slots__ = (
         "_attempt",
         "_connect_deadline",
+        "_connect_paused",
         "_firing",
         "_initial",
         "_last_attempt",
@@ -238,6 +239,7 @@ class ClientSession:
         self._reconnecting = False
         self._retries = 0
         self._connect_deadline: float | None = None
+        self._connect_paused: float | None = None  # budget left while queued
         self._retry_deadline: float | None = None
         self._user_state = ConnectionState.DISCONNECTED
         self._now = float("-inf")
@@ -431,11 +433,15 @@ class ClientSession:
     def _note_queue_position(self, event: EventData) -> None:
         message: QueuePosition = _arg(event)
         attempt = self._live()
+        timeouts = self.config.timeouts
         attempt.deadlines.pop(Deadline.ROOM_INFO, None)  # a queued user may wait minutes
-        limit = self.config.timeouts.max_queue_wait
-        if not attempt.queued and limit is not None:
-            attempt.deadlines[Deadline.MAX_QUEUE_WAIT] = self._now + limit
-        attempt.queued = True
+        if timeouts.queue_silence is not None:
+            attempt.deadlines[Deadline.QUEUE_SILENCE] = self._now + timeouts.queue_silence
+        if not attempt.queued:
+            attempt.queued = True
+            if timeouts.max_queue_wait is not None:
+                attempt.deadlines[Deadline.MAX_QUEUE_WAIT] = self._now + timeouts.max_queue_wait
+            self._pause_connect_deadline()
         self._emit(QueuePositionChanged(attempt.id, message.position, message.queue_size))
 
     def _connect_room(self, event: EventData) -> None:
@@ -443,7 +449,9 @@ class ClientSession:
         attempt = self._live()
         attempt.room_info = info
         attempt.deadlines.pop(Deadline.ROOM_INFO, None)
+        attempt.deadlines.pop(Deadline.QUEUE_SILENCE, None)
         attempt.deadlines.pop(Deadline.MAX_QUEUE_WAIT, None)
+        self._resume_connect_deadline()
         attempt.room_requested = True
         attempt.deadlines[Deadline.MEDIA] = self._now + self.config.timeouts.media
         self._emit(ConnectRoom(attempt.id, info.livekit_url, info.token))
@@ -484,6 +492,7 @@ class ClientSession:
         if attempt is None:
             return
         self._attempt = None  # with it go its deadlines, buffered ack and requests
+        self._resume_connect_deadline()  # a retry after a queue wait is bounded again
         user_quit = event.event is not None and event.event.name == "disconnect"
         if user_quit:
             self._emit(CloseSocket(attempt.id, 1000, "client disconnect"))
@@ -509,8 +518,19 @@ class ClientSession:
     def _report_fatal(self, event: EventData) -> None:
         failure: _Failure = _arg(event)
         self._connect_deadline = None
+        self._connect_paused = None
         self._retry_deadline = None
         self._emit(ErrorOccurred(self._last_attempt, failure.kind, failure.message, fatal=True))
+
+    def _pause_connect_deadline(self) -> None:
+        if self._connect_deadline is not None:
+            self._connect_paused = self._connect_deadline - self._now
+            self._connect_deadline = None
+
+    def _resume_connect_deadline(self) -> None:
+        if self._connect_paused is not None:
+            self._connect_deadline = self._now + self._connect_paused
+            self._connect_paused = None
 
     def _end_session(self, _event: EventData) -> None:
         self._connect_deadline = None
@@ -622,6 +642,9 @@ class ClientSession:
                     ErrorKind.ROOM_INFO_TIMEOUT,
                     f"no livekit_room_info within {timeouts.room_info:g} s",
                 )
+            elif kind is Deadline.QUEUE_SILENCE:
+                message = f"queued, but the server said nothing for {timeouts.queue_silence:g} s"
+                self._fail(ErrorKind.ROOM_INFO_TIMEOUT, message)
             elif kind is Deadline.MAX_QUEUE_WAIT:
                 # The user's own bound on queueing: retrying would queue again.
                 message = f"still queued after {timeouts.max_queue_wait:g} s"

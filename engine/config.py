@@ -7,7 +7,7 @@ All values are plain data validated at construction (misuse raises
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
 import attrs
@@ -24,16 +24,14 @@ PERMANENT_ERROR_MARKERS: Final = (
 )
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
 
 
-def _positive_or_none(
-    _inst: object, attribute: attrs.Attribute[float | None], value: float | None
-) -> None:
+def _positive_or_none(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
-        _positive(_inst, attribute, value)  # type: ignore[arg-type]
+        _positive(_inst, attribute, value)
 
 
 @attrs.frozen
@@ -59,12 +57,15 @@ class RetryPolicy:
 
 @attrs.frozen
 class Timeouts:
-    """Deadlines, in seconds. ``room_info`` is suspended by a queue position;
-    ``max_queue_wait`` (None: unbounded) bounds the time spent queued;
-    ``connect`` bounds one whole connect or reconnect including retries."""
+    """Deadlines, in seconds. A queue position suspends ``room_info`` and pauses
+    ``connect``; while queued, ``queue_silence`` (re-armed by each position;
+    None: never) bounds a server gone quiet and ``max_queue_wait`` (None:
+    unbounded) the whole wait. ``connect`` bounds one connect or reconnect,
+    retries included, queue time excluded."""
 
     socket_open: float = attrs.field(default=60.0, validator=_positive)
     room_info: float = attrs.field(default=15.0, validator=_positive)
+    queue_silence: float | None = attrs.field(default=60.0, validator=_positive_or_none)
     max_queue_wait: float | None = attrs.field(default=None, validator=_positive_or_none)
     media: float = attrs.field(default=30.0, validator=_positive)
     initial_state_ack: float = attrs.field(default=30.0, validator=_positive)

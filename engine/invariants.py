@@ -45,7 +45,7 @@ _ALLOWED_DEADLINES: Final[dict[Phase, frozenset[str]]] = {
     Phase.DISCONNECTED: frozenset(),
     Phase.OPENING: frozenset({"connect", "socket_open"}),
     Phase.JOINING: frozenset({"connect", "room_info"}),
-    Phase.QUEUED: frozenset({"connect", "max_queue_wait"}),
+    Phase.QUEUED: frozenset({"queue_silence", "max_queue_wait"}),
     Phase.ROOM_CONNECTING: frozenset({"connect", "media", "initial_state_ack"}),
     Phase.PUBLISHING: frozenset({"connect", "media", "initial_state_ack"}),
     Phase.CONNECTED: frozenset({"initial_state_ack"}),

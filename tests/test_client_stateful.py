@@ -408,10 +408,10 @@ class ClientEngineMachine(RuleBasedStateMachine):
         event(f"state: {state}")
         if self.session.phase is Phase.BACKOFF:
             REACHED["backoff"] += 1
-        # Steer generation towards sessions that live through many attempts.
-        target(float(self.session.latest_attempt), label="attempts started")
 
     def teardown(self) -> None:
+        # Steer generation towards sessions that live through many attempts.
+        target(float(self.session.latest_attempt), label="attempts started")
         # Replay the recorded log on a fresh session: identical outputs.
         replay = ClientSession(CONFIG)
         again: list[Output] = []

@@ -1,3 +1,4 @@
+# mypy: disallow-untyped-calls=False
 """The wire codec: exact serialization, never-raising parsing, schema agreement."""
 
 from __future__ import annotations

@@ -1,0 +1,197 @@
+"""Knobs of the reference server: capacity, timing, limits and injected faults.
+
+One frozen class holds every knob so that the Python API and the ``serve``
+command line expose the same set. Most are read by the server engine
+(:mod:`leanjoin.engine.server`) or the admission queue; the few marked
+"adapter" need I/O (socket throttling, the LiveKit double) and are only
+carried here. Values are validated at construction; misuse raises
+``ValueError`` naming the field. Each field's ``help`` metadata is the text
+the command line shows.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, Final
+
+import attrs
+
+
+class FaultPhase(enum.Enum):
+    """Where in a session an injected error or close happens."""
+
+    BEFORE_JOIN = "before_join"  # authenticated, no livekit_join yet
+    QUEUED = "queued"  # first queue_position sent
+    BEFORE_ROOM_INFO = "before_room_info"  # admitted, room_info not yet sent
+    AFTER_ROOM_INFO = "after_room_info"  # right after livekit_room_info
+    GENERATING = "generating"  # right after generation_started
+
+
+class AckDrop(enum.Enum):
+    """Which acks the server never sends."""
+
+    NONE = "none"
+    INITIAL = "initial"  # only the initial-state ack
+    ALL = "all"
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (_number(value) and value >= 0):
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None and attribute.default is None:
+        return
+    if not (_number(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
+
+
+def _count(minimum: int) -> Any:
+    def check(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+        if value is None and attribute.default is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{attribute.name} must be an integer >= {minimum}, got {value!r}")
+
+    return check
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+_bool: Final = attrs.validators.instance_of(bool)
+_phase: Final = attrs.validators.optional(attrs.validators.instance_of(FaultPhase))
+MIB: Final = 1 << 20
+
+
+@attrs.frozen
+class ServerKnobs:
+    """Every tunable of the reference server; the defaults make a healthy server."""
+
+    # ---- admission (engine/admission.py) ----
+    capacity: int = attrs.field(
+        default=8,
+        validator=_count(0),
+        metadata=_help("sessions admitted at once; the rest queue (FIFO)"),
+    )
+    admissions_per_second: float | None = attrs.field(
+        default=None,
+        validator=_positive,
+        metadata=_help("admission rate limit (default: unlimited)"),
+    )
+    max_queue: int | None = attrs.field(
+        default=None,
+        validator=_count(0),
+        metadata=_help("queue length limit; a join beyond it is refused (default: unbounded)"),
+    )
+    # ---- session timing (engine) ----
+    room_info_delay: float = attrs.field(
+        default=0.0,
+        validator=_non_negative,
+        metadata=_help("seconds between admission and livekit_room_info"),
+    )
+    reference_processing_time: float = attrs.field(
+        default=0.0,
+        validator=_non_negative,
+        metadata=_help("seconds spent applying a decoded reference image"),
+    )
+    ack_delay: float = attrs.field(
+        default=0.0,
+        validator=_non_negative,
+        metadata=_help("seconds between applying a request and sending its ack"),
+    )
+    initial_state_timeout: float = attrs.field(
+        default=30.0,
+        validator=_positive,
+        metadata=_help(
+            "seconds to wait for the initial-state frame after a passthrough=false join"
+        ),
+    )
+    tick_interval: float = attrs.field(
+        default=1.0,
+        validator=_positive,
+        metadata=_help("seconds between generation_tick frames"),
+    )
+    # ---- injected faults (engine) ----
+    reject_reference: bool = attrs.field(
+        default=False, validator=_bool, metadata=_help("reject every reference image")
+    )
+    drop_ack: AckDrop = attrs.field(
+        default=AckDrop.NONE,
+        validator=attrs.validators.instance_of(AckDrop),
+        metadata=_help("acks the server never sends"),
+    )
+    error_at: FaultPhase | None = attrs.field(
+        default=None,
+        validator=_phase,
+        metadata=_help("send an error frame when a session reaches this phase"),
+    )
+    error_text: str = attrs.field(
+        default="injected fault",
+        validator=attrs.validators.min_len(1),
+        metadata=_help("text of the injected error frame"),
+    )
+    close_at: FaultPhase | None = attrs.field(
+        default=None,
+        validator=_phase,
+        metadata=_help("close the connection when a session reaches this phase"),
+    )
+    fault_connections: int | None = attrs.field(
+        default=None,
+        validator=_count(0),
+        metadata=_help("inject faults into the first N connections only (default: all)"),
+    )
+    # ---- limits against hostile peers (engine) ----
+    max_frame_bytes: int = attrs.field(
+        default=8 * MIB, validator=_count(1024), metadata=_help("largest accepted frame, in bytes")
+    )
+    max_reference_bytes: int = attrs.field(
+        default=6 * MIB,
+        validator=_count(1),
+        metadata=_help("largest accepted reference image, decoded, in bytes"),
+    )
+    max_pending_requests: int = attrs.field(
+        default=16,
+        validator=_count(1),
+        metadata=_help("requests awaiting their ack, per session"),
+    )
+    frame_rate: float = attrs.field(
+        default=50.0,
+        validator=_positive,
+        metadata=_help("sustained frames per second a client may send"),
+    )
+    frame_burst: int = attrs.field(
+        default=100, validator=_count(1), metadata=_help("frames a client may send in one burst")
+    )
+    max_bad_frames: int = attrs.field(
+        default=8,
+        validator=_count(0),
+        metadata=_help("malformed frames answered with an error before the server closes"),
+    )
+    # ---- adapter only ----
+    uplink_bytes_per_second: float | None = attrs.field(
+        default=None,
+        validator=_positive,
+        metadata=_help("simulated uplink of the signaling socket, bytes/s (default: unlimited)"),
+    )
+    media_setup_delay: float = attrs.field(
+        default=0.0,
+        validator=_non_negative,
+        metadata=_help("seconds the LiveKit double waits before answering a room join"),
+    )
+    refuse_media: bool = attrs.field(
+        default=False, validator=_bool, metadata=_help("the LiveKit double refuses every room join")
+    )
+
+    def without_faults(self) -> ServerKnobs:
+        """These knobs with every injected fault switched off."""
+        return attrs.evolve(
+            self, reject_reference=False, drop_ack=AckDrop.NONE, error_at=None, close_at=None
+        )

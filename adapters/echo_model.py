@@ -1,0 +1,88 @@
+"""A deterministic stand-in for a realtime video model, in pure numpy.
+
+The echo model makes the effect of each input visible in decoded pixels, so an
+end-to-end test can tell from a received video frame which prompt and which
+reference image the "model" was given:
+
+* the camera frame is mirrored left-right;
+* the top quarter becomes a solid band of :func:`prompt_colour` of the prompt;
+* the bottom quarter becomes a solid band of :func:`mean_colour` of the reference.
+
+Colours are kept in 32..223 per channel so they survive lossy video coding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+Frame = npt.NDArray[np.uint8]
+Colour = tuple[int, int, int]
+
+# Channel range kept away from 0 and 255: codecs clip and blur near the extremes.
+_LOW = 32
+_HIGH = 223
+
+
+def prompt_colour(prompt: str) -> Colour:
+    """The band colour for ``prompt``: derived from its SHA-256, stable across runs."""
+    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+    span = _HIGH - _LOW + 1
+    r, g, b = (_LOW + digest[i] % span for i in range(3))
+    return (r, g, b)
+
+
+def mean_colour(img: npt.NDArray[np.generic]) -> Colour:
+    """The mean RGB colour of an HxWx3 (or HxWx4, alpha ignored) image, rounded."""
+    arr = np.asarray(img)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"expected a non-empty HxWx3 image, got shape {arr.shape}")
+    means = arr[:, :, :3].reshape(-1, 3).astype(np.float64).mean(axis=0)
+    r, g, b = (round(float(v)) for v in means)
+    return (r, g, b)
+
+
+def echo_transform(
+    frame: Frame,
+    *,
+    prompt: str | None,
+    reference: npt.NDArray[np.uint8] | None,
+    passthrough: bool,
+) -> Frame | None:
+    """Apply the echo model to one HxWx3 uint8 RGB camera frame.
+
+    Returns the frame unchanged when ``passthrough`` is set and nothing was applied
+    yet, ``None`` (no output) when neither passthrough nor any state is set, and
+    otherwise the mirrored frame with the prompt and reference bands.
+    """
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 frame, got {frame.shape} {frame.dtype}")
+    if prompt is None and reference is None:
+        return frame if passthrough else None
+    out = np.ascontiguousarray(frame[:, ::-1, :])
+    band = frame.shape[0] // 4
+    if prompt is not None and band > 0:
+        out[:band, :, :] = prompt_colour(prompt)
+    if reference is not None and band > 0:
+        out[frame.shape[0] - band :, :, :] = mean_colour(reference)
+    return out
+
+
+def decode_reference(data: bytes) -> Frame:
+    """Decode PNG or JPEG bytes into an HxWx3 uint8 RGB array.
+
+    Raises ``ValueError`` when the bytes hold no decodable image.
+    """
+    if not data:
+        raise ValueError("reference image is empty")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            for frame in container.decode(video=0):
+                return np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
+    except (av.error.FFmpegError, ValueError, IndexError) as exc:
+        raise ValueError(f"reference image could not be decoded: {type(exc).__name__}") from exc
+    raise ValueError("reference image holds no picture")

@@ -1,0 +1,141 @@
+"""Rooms of the LiveKit double: the model participant, the frame transform, members."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Protocol, cast
+
+import numpy as np
+import numpy.typing as npt
+from livekit.protocol import models
+
+log = logging.getLogger(__name__)
+
+Frame = npt.NDArray[np.uint8]
+Transform = Callable[[Frame], Frame | None]
+
+MODEL_TRACK_NAME = "echo"
+
+
+def new_sid(prefix: str) -> str:
+    """A LiveKit-style id; the client checks only the prefix (``PA_``, ``TR_``, ``RM_``)."""
+    return f"{prefix}_{secrets.token_hex(6)}"
+
+
+def leave_reason(reason: str) -> models.DisconnectReason:
+    """The protocol disconnect reason named by ``reason``; room loss for any other text."""
+    name = reason.upper()
+    if name in models.DisconnectReason.keys():  # noqa: SIM118  (an enum wrapper, not a dict)
+        return cast(models.DisconnectReason, models.DisconnectReason.Value(name))
+    return models.ROOM_DELETED
+
+
+class Member(Protocol):
+    """A connected client as the room sees it."""
+
+    async def leave(self, reason: models.DisconnectReason, why: str) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class RoomHandle:
+    """One room: who is in it, and what the model does to client video."""
+
+    def __init__(self, name: str, model_identity: str) -> None:
+        self.name = name
+        self.sid = new_sid("RM")
+        self.model_identity = model_identity
+        self.model_participant_sid = new_sid("PA")
+        self.model_track_sid = new_sid("TR")
+        self._created = int(time.time())
+        self._transform: Transform | None = None
+        self._frames = 0
+        self._first_frame = asyncio.Event()
+        self._members: set[Member] = set()
+
+    def __repr__(self) -> str:
+        return f"RoomHandle(name={self.name!r}, participants={len(self._members)})"
+
+    def set_transform(self, transform: Transform | None) -> None:
+        """Set what the model publishes per client frame (None: publish nothing)."""
+        self._transform = transform
+
+    async def wait_client_video(self) -> None:
+        """Return once a first client video frame was decoded."""
+        await self._first_frame.wait()
+
+    @property
+    def client_video_frames(self) -> int:
+        return self._frames
+
+    @property
+    def participants(self) -> int:
+        return len(self._members)
+
+    async def disconnect_participants(self, reason: str = "fault") -> None:
+        """Server-initiated leave and close of every client, as when a room is lost."""
+        code = leave_reason(reason)
+        members = list(self._members)
+        if members:
+            log.info(
+                "room %r: disconnecting %d participant(s): %s", self.name, len(members), reason
+            )
+        await asyncio.gather(*(member.leave(code, reason) for member in members))
+        # Return only once they are gone, so `participants` is 0 right after.
+        await asyncio.gather(*(member.wait_closed() for member in members))
+
+    # Called by the signal sessions, not part of the public API.
+
+    def on_client_frame(self, frame: Frame) -> Frame | None:
+        """Count a decoded client frame and return the model's output for it."""
+        self._frames += 1
+        self._first_frame.set()
+        transform = self._transform
+        if transform is None:
+            return None
+        out = transform(frame)
+        if out is not None and (out.shape != frame.shape or out.dtype != np.uint8):
+            log.warning("room %r: transform output is not HxWx3 uint8; frame dropped", self.name)
+            return None
+        return out
+
+    def attach(self, member: Member) -> None:
+        self._members.add(member)
+
+    def detach(self, member: Member) -> None:
+        self._members.discard(member)
+
+    def model_participant(self) -> models.ParticipantInfo:
+        """The model participant with its one video track, as announced on join."""
+        track = models.TrackInfo(
+            sid=self.model_track_sid,
+            type=models.VIDEO,
+            name=MODEL_TRACK_NAME,
+            source=models.CAMERA,
+            mime_type="video/VP8",
+        )
+        return models.ParticipantInfo(
+            sid=self.model_participant_sid,
+            identity=self.model_identity,
+            name=self.model_identity,
+            state=models.ParticipantInfo.ACTIVE,
+            tracks=[track],
+            joined_at=self._created,
+            is_publisher=True,
+            permission=models.ParticipantPermission(
+                can_publish=True, can_subscribe=True, can_publish_data=True
+            ),
+        )
+
+    def room_info(self) -> models.Room:
+        return models.Room(
+            sid=self.sid,
+            name=self.name,
+            creation_time=self._created,
+            num_participants=len(self._members) + 1,
+            num_publishers=1,
+        )

@@ -1,0 +1,184 @@
+"""The LiveKit double's HTTP/WebSocket front: routing, admission, lifecycle.
+
+Routes:
+
+* ``/rtc/v1...`` -> HTTP 404, so the real client falls back to the dual peer
+  connection ("v0") path, the only one this double serves;
+* ``/rtc`` -> token check (HTTP 401 with the reason when refused; HTTP 503 when
+  ``refuse_media`` is set), then the signal WebSocket (:mod:`.session`);
+* ``/rtc/validate`` -> the same checks as plain HTTP: the client calls it after a
+  failed upgrade and puts the body into its connect error.
+
+The token comes in ``Authorization: Bearer`` or the ``access_token`` query
+parameter. Request lines are never logged, since the query may hold a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import weakref
+from types import TracebackType
+from urllib.parse import parse_qs
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from . import ice, tokens
+from .room import RoomHandle, leave_reason
+from .session import ClientSession
+
+log = logging.getLogger(__name__)
+
+REFUSE_MEDIA_REASON = "media server unavailable: joins are refused (refuse_media fault)"
+
+
+def _wire_logger() -> logging.Logger:
+    # websockets logs request lines (with the query, which may carry a token) at
+    # DEBUG; this logger drops everything below INFO whatever the configuration.
+    wire = logging.getLogger(f"{__name__}.wire")
+    if not wire.filters:
+        wire.addFilter(lambda record: record.levelno >= logging.INFO)
+    return wire
+
+
+class LiveKitDouble:
+    """A local stand-in for a LiveKit server that the real ``livekit.rtc.Room`` joins."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str = "devkey",
+        api_secret: str | None = None,
+        media_setup_delay: float = 0.0,
+        refuse_media: bool = False,
+        model_identity: str = "inference-server-echo",
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._api_key = api_key
+        self.__secret = api_secret if api_secret is not None else secrets.token_urlsafe(32)
+        self._media_setup_delay = media_setup_delay
+        self._refuse_media = refuse_media
+        self._model_identity = model_identity
+        self._rooms: dict[str, RoomHandle] = {}
+        self._sessions: set[ClientSession] = set()
+        # Weak keys: a connection whose handshake fails after admission just vanishes.
+        self._admitted: weakref.WeakKeyDictionary[ServerConnection, tokens.Admission] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._server: Server | None = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        where = self.url if self._server is not None else "not started"
+        return f"LiveKitDouble({where}, api_key={self._api_key!r})"
+
+    async def __aenter__(self) -> LiveKitDouble:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Listen on ``host:port`` (port 0: any free port)."""
+        if self._server is not None:
+            raise RuntimeError("LiveKitDouble already started")
+        ice.install_loopback_gathering()
+        self._server = await serve(
+            self._serve_session,
+            self._host,
+            self._port,
+            process_request=self._route,
+            logger=_wire_logger(),
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self._port = int(sockname[1])
+        log.info("LiveKit double listening on %s", self.url)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self._host}:{self._port}"
+
+    def mint_token(self, *, room: str, identity: str, ttl_seconds: int = 600) -> str:
+        """A real join token (publish, subscribe, data) for this double."""
+        return tokens.mint(
+            self._api_key, self.__secret, room=room, identity=identity, ttl_seconds=ttl_seconds
+        )
+
+    def room(self, name: str) -> RoomHandle:
+        """The room called ``name``, created on first use."""
+        handle = self._rooms.get(name)
+        if handle is None:
+            handle = self._rooms[name] = RoomHandle(name, self._model_identity)
+        return handle
+
+    async def aclose(self) -> None:
+        """Make every client leave, close every peer connection and socket, stop listening."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._closing = True
+        shutdown = leave_reason("server_shutdown")
+        await asyncio.gather(*(s.leave(shutdown, "server shutdown") for s in list(self._sessions)))
+        server.close()
+        await server.wait_closed()
+        self._admitted.clear()
+        log.info("LiveKit double at port %d closed", self._port)
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+        path, _, query = request.path.partition("?")
+        if path.startswith("/rtc/v1"):
+            return connection.respond(404, "this server speaks only the /rtc signal path\n")
+        if path not in ("/rtc", "/rtc/validate"):
+            return connection.respond(404, "not found\n")
+        if self._closing:
+            return connection.respond(503, "server shutting down\n")
+        try:
+            admission = tokens.verify(self._api_key, self.__secret, _token(request, query))
+        except tokens.TokenRefused as refused:
+            log.info("join refused: %s", refused)
+            return connection.respond(401, f"{refused}\n")
+        if self._refuse_media:
+            log.info("join of %r refused: refuse_media is set", admission.identity)
+            return connection.respond(503, f"{REFUSE_MEDIA_REASON}\n")
+        if path == "/rtc/validate":
+            return connection.respond(200, "success\n")
+        self._admitted[connection] = admission
+        return None
+
+    async def _serve_session(self, connection: ServerConnection) -> None:
+        admission = self._admitted.pop(connection, None)
+        if admission is None or self._closing:
+            await connection.close()
+            return
+        session = ClientSession(
+            connection,
+            admission,
+            self.room(admission.room),
+            media_setup_delay=self._media_setup_delay,
+        )
+        self._sessions.add(session)
+        log.info("%r joins room %r", admission.identity, admission.room)
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+
+
+def _token(request: Request, query: str) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    values = parse_qs(query).get("access_token")
+    return values[0] if values else None

@@ -1,0 +1,222 @@
+"""One client's signal session: binary protobuf over the WebSocket of ``/rtc``.
+
+Handled requests: publisher ``offer`` (answered), subscriber ``answer``, ``trickle``
+(early candidates queued), ``add_track`` (``track_published``), ``ping_req``/``ping``
+(``pong_resp``/``pong``) and ``leave``. Everything else is ignored.
+
+VP9/AV1 refusal: aiortc decodes only VP8 and H264. ``add_track`` is always
+answered (withholding ``track_published`` was seen to leave the client's
+``publish_track`` hanging after the disconnect). When the client's next publisher
+offer has a sending video m-line whose preferred codec is another one, the double
+logs the reason at WARNING, sends no answer but ``leave`` with reason
+``MEDIA_FAILURE`` (no reconnect) and closes: ``publish_track`` returns, then the
+client's room disconnects instead of publishing a track that never carries media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from google.protobuf.message import DecodeError
+from livekit.protocol import models, rtc
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from . import ice, sdp
+from .peer import ClientMedia
+from .room import RoomHandle, new_sid
+from .tokens import Admission
+
+log = logging.getLogger(__name__)
+
+# Advertised to the client; protocol 16 is what the real client was seen to accept.
+SERVER_VERSION = "1.9.0"
+PROTOCOL_VERSION = 16
+PING_INTERVAL_S = 5
+PING_TIMEOUT_S = 15
+
+
+class ClientSession:
+    """Serve one admitted client until it leaves, the socket drops or the double kicks it."""
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        admission: Admission,
+        room: RoomHandle,
+        *,
+        media_setup_delay: float,
+    ) -> None:
+        self._ws = ws
+        self._admission = admission
+        self._room = room
+        self._delay = media_setup_delay
+        self.sid = new_sid("PA")
+        self._media: ClientMedia | None = None
+        self._leaving = False
+        self._closed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"ClientSession(identity={self._admission.identity!r}, room={self._room.name!r})"
+
+    async def run(self) -> None:
+        ice.confine_to_loopback()
+        try:
+            if self._delay > 0 and await self._closed_within(self._delay):
+                return
+            self._media = ClientMedia(
+                on_frame=self._room.on_client_frame,
+                model_participant_sid=self._room.model_participant_sid,
+                model_track_sid=self._room.model_track_sid,
+            )
+            self._room.attach(self)
+            await self._send(rtc.SignalResponse(join=self._join_response()))
+            offer = await self._media.subscriber_offer()
+            await self._send(
+                rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer))
+            )
+            async for raw in self._ws:
+                if isinstance(raw, str):
+                    continue
+                if not await self._handle(rtc.SignalRequest.FromString(raw)):
+                    break
+        except ConnectionClosed:
+            pass
+        except DecodeError:
+            log.warning(
+                "%r sent a frame that is no SignalRequest; closing", self._admission.identity
+            )
+        except Exception:
+            # Keep the double serving others; the client sees its signal socket close.
+            log.exception("signal session of %r failed", self._admission.identity)
+        finally:
+            try:
+                self._room.detach(self)
+                if self._media is not None:
+                    await self._media.close()
+                await self._ws.close()
+            finally:
+                self._closed.set()
+
+    async def leave(self, reason: models.DisconnectReason, why: str) -> None:
+        """Tell the client to leave for good, then close its socket (ends :meth:`run`)."""
+        if self._leaving or self._ws.state is not State.OPEN:
+            return
+        self._leaving = True
+        log.info("asking %r to leave: %s", self._admission.identity, why)
+        await self._send(
+            rtc.SignalResponse(
+                leave=rtc.LeaveRequest(
+                    can_reconnect=False, reason=reason, action=rtc.LeaveRequest.DISCONNECT
+                )
+            )
+        )
+        await self._ws.close()
+
+    async def wait_closed(self) -> None:
+        """Return once :meth:`run` has closed the peer connections and the socket."""
+        await self._closed.wait()
+
+    async def _closed_within(self, seconds: float) -> bool:
+        # The delay simulates a distant media server, but a shutdown must not wait for it.
+        try:
+            await asyncio.wait_for(self._ws.wait_closed(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _send(self, response: rtc.SignalResponse) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._ws.send(response.SerializeToString())
+
+    async def _handle(self, req: rtc.SignalRequest) -> bool:
+        """Act on one request; False ends the session."""
+        media = self._media
+        assert media is not None
+        which = req.WhichOneof("message")
+        if which == "offer":
+            codec = sdp.unsupported_video_codec(req.offer.sdp)
+            if codec is not None:
+                return await self._refuse_codec(codec)
+            answer = await media.publisher_answer(req.offer.sdp)
+            description = rtc.SessionDescription(type="answer", sdp=answer, id=req.offer.id)
+            await self._send(rtc.SignalResponse(answer=description))
+        elif which == "answer":
+            await media.subscriber_answered(req.answer.sdp)
+        elif which == "trickle":
+            await media.add_candidate(req.trickle.target, req.trickle.candidateInit)
+        elif which == "add_track":
+            return await self._add_track(req.add_track)
+        elif which == "ping_req":
+            pong = rtc.Pong(last_ping_timestamp=req.ping_req.timestamp, timestamp=_now_ms())
+            await self._send(rtc.SignalResponse(pong_resp=pong))
+        elif which == "ping":
+            await self._send(rtc.SignalResponse(pong=_now_ms()))
+        elif which == "leave":
+            log.info("%r left", self._admission.identity)
+            return False
+        return True
+
+    async def _add_track(self, req: rtc.AddTrackRequest) -> bool:
+        track = models.TrackInfo(
+            sid=new_sid("TR"),
+            type=req.type,
+            name=req.name,
+            source=req.source,
+            muted=req.muted,
+            width=req.width,
+            height=req.height,
+            stream=req.stream,
+            layers=list(req.layers),
+        )
+        await self._send(
+            rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track))
+        )
+        return True
+
+    async def _refuse_codec(self, codec: str) -> bool:
+        why = (
+            f"refusing the video publication of {self._admission.identity!r}: codec {codec} is "
+            "not supported by this double (aiortc decodes VP8 and H264 only)"
+        )
+        log.warning("%s", why)
+        await self.leave(models.MEDIA_FAILURE, f"unsupported video codec {codec}")
+        return False
+
+    def _join_response(self) -> rtc.JoinResponse:
+        admission = self._admission
+        me = models.ParticipantInfo(
+            sid=self.sid,
+            identity=admission.identity,
+            name=admission.name,
+            state=models.ParticipantInfo.JOINED,
+            joined_at=int(time.time()),
+            permission=models.ParticipantPermission(
+                can_publish=admission.can_publish,
+                can_subscribe=admission.can_subscribe,
+                can_publish_data=admission.can_publish_data,
+            ),
+        )
+        return rtc.JoinResponse(
+            room=self._room.room_info(),
+            participant=me,
+            other_participants=[self._room.model_participant()],
+            server_version=SERVER_VERSION,
+            server_info=models.ServerInfo(
+                edition=models.ServerInfo.Standard,
+                version=SERVER_VERSION,
+                protocol=PROTOCOL_VERSION,
+                node_id="lkdouble",
+            ),
+            subscriber_primary=False,
+            ping_interval=PING_INTERVAL_S,
+            ping_timeout=PING_TIMEOUT_S,
+        )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,165 @@
+"""Signaling benchmark of the reference server: N concurrent raw WebSocket
+clients through join, room_info and the initial-state ack, on loopback.
+
+The server runs as its own process (``leanjoin serve``), so its memory is
+measured alone: RSS once it is up, and again when every client has finished
+its handshake and sits idle; the difference over N is the memory an idle
+connection costs. The clients never join the LiveKit room, so no media flows.
+Latency is per client, from opening the socket to holding both
+``livekit_room_info`` and the ack.
+
+    .venv/bin/python bench/bench_server.py            # 500 clients
+    .venv/bin/python bench/bench_server.py --clients 100 --initial prompt
+
+Prints a markdown table row (with its header).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+
+from leanjoin.adapters.png import encode_png
+
+HANDSHAKE_TIMEOUT = 60.0  # seconds one client may take before it counts as failed
+SETTLE = 1.0  # seconds idle before the second memory reading
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc status")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _initial_frame(kind: str) -> str:
+    if kind == "prompt":
+        return json.dumps({"type": "prompt", "prompt": "benchmark"})
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    data = base64.b64encode(encode_png(image)).decode()
+    return json.dumps({"type": "set_image", "image_data": data})
+
+
+async def _handshake(
+    url: str, initial: str, sockets: list[ClientConnection], start: asyncio.Event
+) -> float | None:
+    """Seconds from opening the socket to room_info plus ack; None if it failed."""
+    await start.wait()
+    began = time.perf_counter()
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            socket = await connect(url, max_size=None, open_timeout=None)
+            sockets.append(socket)  # kept open (idle) for the memory reading
+            await socket.send(json.dumps({"type": "livekit_join", "passthrough": False}))
+            await socket.send(initial)
+            wanted = {"livekit_room_info", "set_image_ack", "prompt_ack"}
+            seen: set[str] = set()
+            while len(seen) < 2:
+                frame = json.loads(await socket.recv())
+                if frame["type"] not in wanted or frame.get("success") is False:
+                    return None
+                seen.add(frame["type"])
+    except (OSError, TimeoutError, Exception):
+        return None
+    return time.perf_counter() - began
+
+
+def _start_server(clients: int) -> tuple[subprocess.Popen[str], str, str]:
+    command = [
+        sys.executable,
+        "-m",
+        "leanjoin.adapters.serve_cli",
+        "--port",
+        "0",
+        "--capacity",
+        str(clients),
+    ]
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # one log line per phase and client: not wanted here
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert server.stdout is not None
+    url = server.stdout.readline().split()[-1]
+    key = server.stdout.readline().split()[-1]
+    return server, url, key
+
+
+async def _run(clients: int, initial_kind: str) -> None:
+    server, url, key = _start_server(clients)
+    sockets: list[ClientConnection] = []
+    try:
+        await asyncio.sleep(0.5)  # let the server settle before the baseline
+        before = _rss_kib(server.pid)
+        cpu_before = _cpu_seconds(server.pid)
+        start = asyncio.Event()
+        full_url = f"{url}?api_key={key}&model=bench"
+        initial = _initial_frame(initial_kind)
+        tasks = [
+            asyncio.create_task(_handshake(full_url, initial, sockets, start))
+            for _ in range(clients)
+        ]
+        await asyncio.sleep(0)  # every task waits on the start line
+        began = time.perf_counter()
+        start.set()
+        results = await asyncio.gather(*tasks)
+        wall = time.perf_counter() - began
+        server_cpu = _cpu_seconds(server.pid) - cpu_before
+        await asyncio.sleep(SETTLE)
+        after = _rss_kib(server.pid)
+        open_now = sum(1 for s in sockets if s.close_code is None)
+    finally:
+        await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    latencies = sorted(r for r in results if r is not None)
+    done = len(latencies)
+    p50 = statistics.median(latencies) * 1000 if latencies else float("nan")
+    p99 = latencies[min(done - 1, int(0.99 * done))] * 1000 if latencies else float("nan")
+    per_connection = (after - before) / max(open_now, 1)
+    print(
+        "| clients | initial state | all complete | p50 ms | p99 ms | wall s "
+        "| server CPU s | server RSS before -> after MiB | RSS per idle connection KiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {clients} | {initial_kind} | {'yes' if done == clients else 'no'} ({done}/{clients}) "
+        f"| {p50:.1f} | {p99:.1f} | {wall:.2f} | {server_cpu:.2f} "
+        f"| {before / 1024:.1f} -> {after / 1024:.1f} "
+        f"| {per_connection:.1f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--clients", type=int, default=500)
+    parser.add_argument("--initial", choices=("image", "prompt"), default="image")
+    args = parser.parse_args()
+    asyncio.run(_run(args.clients, args.initial))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,410 @@
+"""The reference server over real sockets: raw ``websockets`` clients walk every
+path, and hostile clients get an error frame or a close with a reason while
+another session on the same server keeps working.
+
+Client video is simulated by handing a decoded frame to the LiveKit double's
+room (what its signal session does for real media), so these tests need no
+WebRTC. Everything listens on 127.0.0.1; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from leanjoin.adapters.echo_model import mean_colour, prompt_colour
+from leanjoin.adapters.png import encode_png
+from leanjoin.adapters.server import ReferenceServer
+from leanjoin.engine.server_config import FaultPhase, ServerKnobs
+
+WAIT = 5.0  # seconds any single expectation may take
+RED = np.full((8, 8, 3), (200, 40, 40), dtype=np.uint8)
+RED_PNG = base64.b64encode(encode_png(RED)).decode()
+CAMERA = np.full((64, 48, 3), 100, dtype=np.uint8)
+NOISE = np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # no compression
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def running(**knobs: Any) -> AsyncIterator[ReferenceServer]:
+    async with ReferenceServer(knobs=ServerKnobs(**knobs)) as server:
+        yield server
+
+
+@asynccontextmanager
+async def client(
+    server: ReferenceServer, *, key: str | None = None, path: str = "/v1/stream"
+) -> AsyncIterator[ClientConnection]:
+    base = server.url.removesuffix("/v1/stream") + path
+    url = f"{base}?api_key={key or server.api_key}&model=echo&user_agent=tests%2F1"
+    with anyio.fail_after(WAIT):
+        socket = await connect(url, max_size=None)
+    try:
+        yield socket
+    finally:
+        await socket.close()
+
+
+async def send(socket: ClientConnection, message: dict[str, Any]) -> None:
+    await socket.send(json.dumps(message))
+
+
+async def recv(socket: ClientConnection) -> dict[str, Any]:
+    with anyio.fail_after(WAIT):
+        frame = await socket.recv()
+    assert isinstance(frame, str)
+    parsed: dict[str, Any] = json.loads(frame)
+    return parsed
+
+
+async def until(socket: ClientConnection, kind: str) -> tuple[dict[str, Any], list[str]]:
+    """The first frame of type ``kind``, and the types of the frames before it."""
+    before: list[str] = []
+    while (frame := await recv(socket))["type"] != kind:
+        before.append(frame["type"])
+    return frame, before
+
+
+async def closed(socket: ClientConnection) -> tuple[int | None, str]:
+    """Wait for the server's close; the frames in between are skipped."""
+    with anyio.fail_after(WAIT):
+        try:
+            while True:
+                await socket.recv()
+        except ConnectionClosed:
+            pass
+    return socket.close_code, socket.close_reason or ""
+
+
+async def video(server: ReferenceServer, room_name: str) -> None:
+    """What the double does when a client's first video frame is decoded."""
+    server.livekit.room(room_name).on_client_frame(CAMERA)
+
+
+async def healthy_session(server: ReferenceServer) -> None:
+    """A well-behaved client that must still be served."""
+    async with client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": False})
+        await send(socket, {"type": "prompt", "prompt": "still fine"})
+        acks = {(await recv(socket))["type"], (await recv(socket))["type"]}
+        assert acks == {"livekit_room_info", "prompt_ack"}
+
+
+# ---- the lean join -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_passthrough_join_gets_room_info_generation_and_ticks() -> None:
+    async with running(tick_interval=0.1) as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": True})
+        info = await recv(socket)
+        assert info["type"] == "livekit_room_info"
+        assert info["livekit_url"] == server.livekit.url
+        assert info["token"].count(".") == 2  # a real JWT from the double
+        await video(server, info["room_name"])
+        assert (await recv(socket))["type"] == "generation_started"
+        tick = await recv(socket)
+        assert tick["type"] == "generation_tick" and tick["seconds"] > 0
+        out = server.livekit.room(info["room_name"]).on_client_frame(CAMERA)
+        assert out is not None and (out == CAMERA).all()  # passthrough: the camera as is
+
+
+@pytest.mark.anyio
+async def test_initial_image_and_prompt_reach_the_model() -> None:
+    async with running() as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": False})
+        await send(socket, {"type": "set_image", "image_data": RED_PNG, "prompt": "sunset"})
+        # room_info leaves at the join; the ack only once the image is decoded.
+        info = await recv(socket)
+        assert info["type"] == "livekit_room_info"
+        assert await recv(socket) == {"type": "set_image_ack", "success": True}
+        room_name = info["room_name"]
+        await video(server, room_name)
+        assert (await recv(socket))["type"] == "generation_started"
+        out = server.livekit.room(room_name).on_client_frame(CAMERA)
+        assert out is not None
+        assert tuple(out[0, 0]) == prompt_colour("sunset")
+        assert tuple(out[-1, 0]) == mean_colour(RED)
+
+
+@pytest.mark.anyio
+async def test_initial_prompt_is_acked_and_a_runtime_prompt_changes_the_output() -> None:
+    async with running() as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": False})
+        await send(socket, {"type": "prompt", "prompt": "one"})
+        frames = [await recv(socket), await recv(socket)]
+        info = next(f for f in frames if f["type"] == "livekit_room_info")
+        assert {"type": "prompt_ack", "prompt": "one", "success": True} in frames
+        await video(server, info["room_name"])
+        await until(socket, "generation_started")
+        await send(socket, {"type": "prompt", "prompt": "two"})
+        await until(socket, "prompt_ack")
+        out = server.livekit.room(info["room_name"]).on_client_frame(CAMERA)
+        assert out is not None and tuple(out[0, 0]) == prompt_colour("two")
+
+
+@pytest.mark.anyio
+async def test_a_late_initial_state_still_starts_generation() -> None:
+    async with running() as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": False})
+        info = await recv(socket)
+        await video(server, info["room_name"])
+        with anyio.move_on_after(0.2):
+            early = await socket.recv()
+            pytest.fail(f"generation must wait for the initial state, got {early!r}")
+        await send(socket, {"type": "prompt", "prompt": "late"})
+        assert [(await recv(socket))["type"] for _ in range(2)] == [
+            "prompt_ack",
+            "generation_started",
+        ]
+
+
+# ---- legacy joins -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_legacy_bare_join_is_served() -> None:
+    async with running() as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join"})
+        info = await recv(socket)
+        assert info["type"] == "livekit_room_info"
+        await video(server, info["room_name"])
+        assert (await recv(socket))["type"] == "generation_started"
+
+
+@pytest.mark.anyio
+async def test_legacy_bundled_join_is_served_and_acked() -> None:
+    async with running() as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "initial_state": {"image_data": RED_PNG}})
+        types = {(await recv(socket))["type"], (await recv(socket))["type"]}
+        assert types == {"livekit_room_info", "set_image_ack"}
+
+
+# ---- admission ---------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_capacity_one_queues_the_second_client_until_the_first_leaves() -> None:
+    async with running(capacity=1) as server:
+        async with client(server) as first:
+            await send(first, {"type": "livekit_join", "passthrough": True})
+            assert (await recv(first))["type"] == "livekit_room_info"
+            second = await connect(f"{server.url}?api_key={server.api_key}&model=echo")
+            await send(second, {"type": "livekit_join", "passthrough": True})
+            assert await recv(second) == {"type": "queue_position", "position": 1, "queue_size": 1}
+        assert (await recv(second))["type"] == "livekit_room_info"
+        await second.close()
+
+
+# ---- bad requests -----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_unauthorized_gets_an_error_and_a_close() -> None:
+    async with running() as server, client(server, key="wrong") as socket:
+        error = await recv(socket)
+        assert error["type"] == "error" and "unauthorized" in error["error"]
+        assert await closed(socket) == (1008, "unauthorized")
+
+
+@pytest.mark.anyio
+async def test_other_paths_are_not_found() -> None:
+    async with running() as server:
+        with pytest.raises(InvalidStatus) as refused:
+            async with client(server, path="/v2/other"):
+                pass
+        assert refused.value.response.status_code == 404
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("image_data", "problem"),
+    [
+        ("%%% not base64", "not valid base64"),
+        (base64.b64encode(b"these bytes are no image").decode(), "not a decodable image"),
+        (base64.b64encode(encode_png(NOISE)).decode(), "over the limit of 200 bytes"),
+    ],
+)
+async def test_bad_references_are_rejected_clearly(image_data: str, problem: str) -> None:
+    async with running(max_reference_bytes=200) as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": False})
+        await send(socket, {"type": "set_image", "image_data": image_data})
+        ack, _ = await until(socket, "set_image_ack")
+        assert ack["success"] is False and problem in ack["error"]
+
+
+@pytest.mark.anyio
+async def test_a_frame_before_the_join_is_refused_and_the_join_still_works() -> None:
+    async with running() as server, client(server) as socket:
+        await send(socket, {"type": "prompt", "prompt": "too early"})
+        error = await recv(socket)
+        assert error["type"] == "error" and "before livekit_join" in error["error"]
+        await send(socket, {"type": "livekit_join", "passthrough": True})
+        assert (await recv(socket))["type"] == "livekit_room_info"
+
+
+# ---- hostile clients -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_garbage_binary_and_wrong_types_get_error_frames() -> None:
+    async with running() as server, client(server) as socket:
+        await socket.send("garbage{")
+        assert "not valid JSON" in (await recv(socket))["error"]
+        await socket.send(b"\x00\xff binary")
+        assert "binary frames" in (await recv(socket))["error"]
+        await send(socket, {"type": "livekit_join", "passthrough": "yes"})
+        assert "'passthrough' must be a boolean" in (await recv(socket))["error"]
+        await send(socket, {"type": 42})
+        assert "'type' must be a string" in (await recv(socket))["error"]
+        await healthy_session(server)
+        await send(socket, {"type": "livekit_join", "passthrough": True})
+        assert (await recv(socket))["type"] == "livekit_room_info"
+
+
+@pytest.mark.anyio
+async def test_oversized_frames_get_an_error_or_a_close() -> None:
+    async with running(max_frame_bytes=4096) as server:
+        async with client(server) as socket:
+            await socket.send("x" * 5000)
+            error = await recv(socket)
+            assert "exceeds the maximum of 4096 bytes" in error["error"]
+        async with client(server) as socket:
+            await socket.send("x" * 9000)  # beyond twice the limit: websockets refuses it
+            code, reason = await closed(socket)
+            assert code == 1009 and reason
+        await healthy_session(server)
+
+
+@pytest.mark.anyio
+async def test_a_flood_is_closed_while_another_session_keeps_working() -> None:
+    async with running(frame_rate=20.0, frame_burst=40) as server:
+        async with client(server) as good, client(server) as flood:
+            await send(good, {"type": "livekit_join", "passthrough": True})
+            info = await recv(good)
+            for _ in range(200):
+                try:
+                    await flood.send('{"type":"noise"}')
+                except ConnectionClosed:
+                    break
+            code, reason = await closed(flood)
+            assert (code, reason) == (1008, "too many frames")
+            await video(server, info["room_name"])
+            assert (await recv(good))["type"] == "generation_started"
+        await healthy_session(server)
+
+
+@pytest.mark.anyio
+async def test_many_bad_frames_close_the_connection() -> None:
+    async with running(max_bad_frames=3) as server, client(server) as socket:
+        for _ in range(4):
+            await socket.send("not json")
+        assert await closed(socket) == (1008, "too many bad frames")
+
+
+# ---- knobs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_injected_error_and_close_hit_only_the_first_connections() -> None:
+    knobs = {
+        "close_at": FaultPhase.AFTER_ROOM_INFO,
+        "error_at": FaultPhase.BEFORE_JOIN,
+        "error_text": "boom",
+        "fault_connections": 1,
+    }
+    async with running(**knobs) as server:
+        async with client(server) as socket:
+            assert await recv(socket) == {"type": "error", "error": "boom"}
+            await send(socket, {"type": "livekit_join", "passthrough": True})
+            assert (await recv(socket))["type"] == "livekit_room_info"
+            assert await closed(socket) == (1011, "injected close at after_room_info")
+        await healthy_session(server)
+
+
+@pytest.mark.anyio
+async def test_the_uplink_throttle_delays_what_the_server_reads() -> None:
+    async with running(uplink_bytes_per_second=100_000) as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": True})
+        await recv(socket)
+        started = anyio.current_time()
+        await send(socket, {"type": "prompt", "prompt": "p" * 30_000})
+        await until(socket, "prompt_ack")
+        assert anyio.current_time() - started >= 0.3
+
+
+@pytest.mark.anyio
+async def test_shutdown_ends_generation_and_closes_going_away() -> None:
+    server = ReferenceServer()
+    async with server:
+        socket = await connect(f"{server.url}?api_key={server.api_key}&model=echo")
+        await send(socket, {"type": "livekit_join", "passthrough": True})
+        info = await recv(socket)
+        await video(server, info["room_name"])
+        await until(socket, "generation_started")
+    ended, _ = await until(socket, "generation_ended")
+    assert ended["reason"] == "server shutting down"
+    assert await closed(socket) == (1001, "server shutting down")
+    assert server.connections == 0
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+
+def test_serve_prints_the_url_logs_phases_without_secrets_and_stops_on_ctrl_c() -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "leanjoin.adapters.serve_cli",
+        "--port",
+        "0",
+        "--capacity",
+        "2",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        key = process.stdout.readline().split()[-1]
+        assert url.startswith("ws://127.0.0.1:") and url.endswith("/v1/stream")
+
+        async def session() -> str:
+            async with await connect(f"{url}?api_key={key}&model=echo") as socket:
+                await send(socket, {"type": "livekit_join", "passthrough": False})
+                await send(socket, {"type": "set_image", "image_data": RED_PNG})
+                info = await recv(socket)
+                await until(socket, "set_image_ack")
+                return str(info["token"])
+
+        token = anyio.run(session)
+        process.send_signal(signal.SIGINT)
+        _, log = process.communicate(timeout=WAIT)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert "session 1: in_room" in log and "session 1: closed" in log
+    for secret in (key, token, RED_PNG[:40]):
+        assert secret not in log

@@ -59,10 +59,11 @@ def _initial_frame(kind: str) -> str:
 
 
 async def _handshake(
-    url: str, initial: str, sockets: list[ClientConnection], start: asyncio.Event
+    url: str, initial: str, sockets: list[ClientConnection], start: asyncio.Event, delay: float
 ) -> float | None:
     """Seconds from opening the socket to room_info plus ack; None if it failed."""
     await start.wait()
+    await asyncio.sleep(delay)  # arrivals spread over --ramp; all stay connected
     began = time.perf_counter()
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
@@ -105,7 +106,7 @@ def _start_server(clients: int) -> tuple[subprocess.Popen[str], str, str]:
     return server, url, key
 
 
-async def _run(clients: int, initial_kind: str) -> None:
+async def _run(clients: int, initial_kind: str, ramp: float) -> None:
     server, url, key = _start_server(clients)
     sockets: list[ClientConnection] = []
     try:
@@ -116,8 +117,8 @@ async def _run(clients: int, initial_kind: str) -> None:
         full_url = f"{url}?api_key={key}&model=bench"
         initial = _initial_frame(initial_kind)
         tasks = [
-            asyncio.create_task(_handshake(full_url, initial, sockets, start))
-            for _ in range(clients)
+            asyncio.create_task(_handshake(full_url, initial, sockets, start, i * ramp / clients))
+            for i in range(clients)
         ]
         await asyncio.sleep(0)  # every task waits on the start line
         began = time.perf_counter()
@@ -141,12 +142,12 @@ async def _run(clients: int, initial_kind: str) -> None:
     p99 = latencies[min(done - 1, int(0.99 * done))] * 1000 if latencies else float("nan")
     per_connection = (after - before) / max(open_now, 1)
     print(
-        "| clients | initial state | all complete | p50 ms | p99 ms | wall s "
+        "| clients | arrivals | initial state | all complete | p50 ms | p99 ms | wall s "
         "| server CPU s | server RSS before -> after MiB | RSS per idle connection KiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {clients} | {initial_kind} | {'yes' if done == clients else 'no'} ({done}/{clients}) "
+        f"| {clients} | {'all at once' if ramp == 0 else f'over {ramp:g} s'} | {initial_kind} | {'yes' if done == clients else 'no'} ({done}/{clients}) "
         f"| {p50:.1f} | {p99:.1f} | {wall:.2f} | {server_cpu:.2f} "
         f"| {before / 1024:.1f} -> {after / 1024:.1f} "
         f"| {per_connection:.1f} |"
@@ -157,8 +158,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--initial", choices=("image", "prompt"), default="image")
+    parser.add_argument(
+        "--ramp", type=float, default=0.0, help="spread the arrivals over this many seconds (0: all at once)"
+    )
     args = parser.parse_args()
-    asyncio.run(_run(args.clients, args.initial))
+    asyncio.run(_run(args.clients, args.initial, args.ramp))
 
 
 if __name__ == "__main__":

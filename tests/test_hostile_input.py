@@ -12,6 +12,7 @@ import pytest
 from engine_script import ROOM_INFO, Script
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from leanjoin.engine.client import Phase
 from leanjoin.engine.config import InitialState
 from leanjoin.engine.inputs import FrameReceived, RoomConnected, TracksPublished
@@ -55,7 +56,7 @@ values = st.recursive(
 
 @st.composite
 def typed_objects(draw: st.DrawFn) -> str:
-    obj = {"type": draw(st.sampled_from(KNOWN_TYPES))}
+    obj: dict[str, object] = {"type": draw(st.sampled_from(KNOWN_TYPES))}
     for name in draw(st.lists(st.sampled_from(FIELDS), unique=True, max_size=5)):
         obj[name] = draw(values)
     return json.dumps(obj)  # may contain NaN/Infinity: json.dumps allows them

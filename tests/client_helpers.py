@@ -1,0 +1,79 @@
+"""Helpers shared by the client tests: bounded polling, leak checks, pixel checks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from websockets.asyncio.client import ClientConnection
+
+from leanjoin.adapters import Session
+from leanjoin.adapters.echo_model import prompt_colour
+from leanjoin.adapters.lkdouble import LiveKitDouble
+
+WAIT = 10.0  # the bound of every wait in the client tests
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Poll a condition that no event announces, within the usual bound."""
+    with anyio.fail_after(WAIT):
+        while not predicate():
+            await anyio.sleep(0.01)
+
+
+_CLIENT_MODULES = {"api.py", "driver.py", "ws_transport.py", "room_transport.py", "fanout.py"}
+_CLIENT_MODULES |= {"video_sources.py"}
+
+
+def _is_client_coroutine(coro: Any) -> bool:
+    depth = 0
+    while coro is not None and depth < 64:
+        code = getattr(coro, "cr_code", None) or getattr(coro, "ag_code", None)
+        frame = getattr(coro, "cr_frame", None)
+        if code is not None:
+            path = Path(code.co_filename)
+            if path.parent.name == "adapters" and path.name in _CLIENT_MODULES:
+                return True
+            if "livekit" in path.parts and "rtc" in path.parts:
+                return True
+        if frame is not None and isinstance(frame.f_locals.get("self"), ClientConnection):
+            return True
+        coro = getattr(coro, "cr_await", None)
+        depth += 1
+    return False
+
+
+def client_tasks() -> list[asyncio.Task[Any]]:
+    me = asyncio.current_task()
+    return [t for t in asyncio.all_tasks() if t is not me and _is_client_coroutine(t.get_coro())]
+
+
+async def assert_nothing_left(lk: LiveKitDouble | None = None, *rooms: str) -> None:
+    """No client task, socket or room survives the session."""
+    # A cancelled task finishes one loop turn after its cancellation: allow that.
+    with anyio.fail_after(WAIT):
+        while client_tasks():
+            await anyio.sleep(0.01)
+    if lk is not None:
+        with anyio.fail_after(WAIT):
+            while any(lk.room(name).participants for name in rooms):
+                await anyio.sleep(0.02)
+
+
+def colour_close(pixel: np.ndarray[Any, Any], colour: tuple[int, int, int], tol: int = 16) -> bool:
+    return all(abs(int(pixel[i]) - colour[i]) <= tol for i in range(3))
+
+
+async def frame_with_band(session: Session, prompt: str) -> np.ndarray[Any, Any]:
+    """The first output frame whose top band shows ``prompt``'s colour."""
+    colour = prompt_colour(prompt)
+    with anyio.fail_after(WAIT):
+        async for out in session.frames():
+            band = out[: out.shape[0] // 4]
+            if colour_close(np.median(band.reshape(-1, 3), axis=0), colour):
+                return out
+    raise AssertionError("frames ended before the prompt showed")

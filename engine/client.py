@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
-from transitions import EventData, Machine
+from transitions import EventData
 
 from .attempt import AckWatch, Attempt, Deadline, PendingRequest
 from .codec import FrameProblem, IgnoredFrame, encode, parse_server_frame
@@ -94,6 +94,7 @@ from .outputs import (
     SessionStarted,
     StateChanged,
 )
+from .table import Row, build_machine
 
 
 class UsageError(Exception):
@@ -129,7 +130,7 @@ MODEL_PARTICIPANT_PREFIX: Final = "inference-server-"
 # A (phase, trigger) pair missing here cannot happen: the dispatcher below
 # checks the phase first and treats anything else as misuse or peer noise.
 # fmt: off
-TRANSITIONS: Final[tuple[tuple[str, tuple[Phase, ...], Phase | None, tuple[str, ...], tuple[str, ...]], ...]] = (
+TRANSITIONS: Final[tuple[Row[Phase], ...]] = (
     # trigger              sources                     dest                before                                   after
     ("connect",            (P.DISCONNECTED,),          P.OPENING,          ("_begin_connect",),                     ()),
     ("socket_opened",      (P.OPENING,),               P.JOINING,          ("_send_join",),                         ()),
@@ -155,27 +156,15 @@ ON_ENTER: Final[dict[Phase, tuple[str, ...]]] = {
 }
 
 
-def _machine() -> Machine:
-    states = [
-        {"name": phase, "on_enter": list(ON_ENTER.get(phase, ("_publish_state",)))}
-        for phase in Phase
-    ]
-    machine = Machine(
-        model=None,
-        states=states,
-        initial=P.DISCONNECTED,
-        auto_transitions=False,
-        send_event=True,
-        model_attribute="phase",
-    )
-    for trigger, sources, dest, before, after in TRANSITIONS:
-        machine.add_transition(trigger, list(sources), dest, before=list(before), after=list(after))
-    return machine
-
-
 # One machine for every session: sessions are its models without being
 # registered (registration would keep every session alive forever).
-MACHINE: Final = _machine()
+MACHINE: Final = build_machine(
+    Phase,
+    TRANSITIONS,
+    initial=P.DISCONNECTED,
+    on_enter=ON_ENTER,
+    default_on_enter=("_publish_state",),
+)
 
 _USER_STATE: Final = {
     P.DISCONNECTED: ConnectionState.DISCONNECTED,

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
-from transitions import EventData, Machine
+from transitions import EventData
 
 from .codec import FrameProblem, IgnoredFrame, encode, parse_client_frame
 from .messages import (
@@ -80,6 +80,7 @@ from .server_io import (
     StopModel,
 )
 from .server_requests import Request, Stage, ack_for, bundled_initial
+from .table import Row, build_machine
 
 UNAUTHORIZED: Final = "unauthorized: invalid api key"
 
@@ -102,7 +103,7 @@ WAITING_PHASES: Final = (P.JOINED, P.QUEUED)
 # The server table. Each row: trigger, source phases, destination (None: stay,
 # an internal transition), callbacks before the change, callbacks after it.
 # fmt: off
-TRANSITIONS: Final[tuple[tuple[str, tuple[SessionPhase, ...], SessionPhase | None, tuple[str, ...], tuple[str, ...]], ...]] = (
+TRANSITIONS: Final[tuple[Row[SessionPhase], ...]] = (
     # trigger             sources             dest             before                    after
     ("open",              (P.NEW,),           P.AWAITING_JOIN, ("_accept_open",),        ()),
     ("refuse",            (P.NEW,),           P.CLOSED,        ("_end_connection",),     ()),
@@ -131,26 +132,14 @@ FAULT_PHASES: Final = {
 }
 
 
-def _machine() -> Machine:
-    states = [
-        {"name": phase, "on_enter": list(ON_ENTER.get(phase, ("_publish_phase",)))}
-        for phase in SessionPhase
-    ]
-    machine = Machine(
-        model=None,
-        states=states,
-        initial=P.NEW,
-        auto_transitions=False,
-        send_event=True,
-        model_attribute="phase",
-    )
-    for trigger, sources, dest, before, after in TRANSITIONS:
-        machine.add_transition(trigger, list(sources), dest, before=list(before), after=list(after))
-    return machine
-
-
 # One machine for every connection; sessions are its unregistered models.
-MACHINE: Final = _machine()
+MACHINE: Final = build_machine(
+    SessionPhase,
+    TRANSITIONS,
+    initial=P.NEW,
+    on_enter=ON_ENTER,
+    default_on_enter=("_publish_phase",),
+)
 
 
 class _Deadline(enum.IntEnum):

@@ -252,35 +252,20 @@ def demo_command(out: Path, codec: str) -> None:
         )
         previous = step.at
     console.print(table)
-    for check in result.checks:
-        console.print(f"[green]pixel check[/green] {check}", highlight=False)
+    for pixel_check in result.checks:
+        console.print(f"[green]pixel check[/green] {pixel_check}", highlight=False)
     for error in result.errors:
         console.print(f"[yellow]error event:[/yellow] {error}", highlight=False)
     console.print(f"contact sheet: {result.sheet}", highlight=False)
     console.print("[bold green]demo passed[/bold green]")
 
 
-# ---- commands written by others, wired here ------------------------------------------------
+# ---- the other commands -------------------------------------------------------------------
 
-from .serve_cli import serve  # noqa: E402 - after main exists; the reference server's CLI
+from .check_cli import check  # noqa: E402 - registered on the group defined above
+from .diagrams import diagrams  # noqa: E402
+from .serve_cli import serve  # noqa: E402
 
 main.add_command(serve)
-
-
-def _add_optional(module: str, command: str) -> None:
-    """Wire a command whose module may not be there (tools developed alongside)."""
-    import importlib
-
-    try:
-        loaded = importlib.import_module(f"{__package__}.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.{module}":
-            raise  # a missing dependency of that module is a real error
-        return
-    main.add_command(getattr(loaded, command))
-
-
-_add_optional("diagrams", "diagrams")
-_add_optional("check_cli", "check")
-
-__all__ = ["main"]
+main.add_command(check)
+main.add_command(diagrams)

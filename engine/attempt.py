@@ -36,7 +36,8 @@ class AckWatch(enum.Enum):
     AWAITING = "awaiting"  # frame sent, room_info not yet here: no deadline runs
     BUFFERED = "buffered"  # the ack came before room_info; claimed when it arrives
     WATCHING = "watching"  # room_info came: the ack deadline runs
-    SETTLED = "settled"  # acked, rejected, timed out or failed by a server error
+    EXPIRED = "expired"  # timed out: its late ack is absorbed, never taken for a request's
+    SETTLED = "settled"  # acked, rejected, absorbed late, or failed by a server error
 
 
 @attrs.define(slots=True)
@@ -79,7 +80,7 @@ class Attempt:
 
     def ack_is_initial(self, ack: SetImageAck | PromptAck) -> bool:
         """Whether ``ack`` answers this attempt's initial-state frame."""
-        if self.watch not in (AckWatch.AWAITING, AckWatch.WATCHING):
+        if self.watch not in (AckWatch.AWAITING, AckWatch.WATCHING, AckWatch.EXPIRED):
             return False
         frame = self.initial_frame
         if isinstance(ack, SetImageAck):

@@ -547,6 +547,9 @@ class ClientSession:
     def _on_ack(self, ack: SetImageAck | PromptAck) -> None:
         attempt = self._live()
         if attempt.ack_is_initial(ack):
+            if attempt.watch is AckWatch.EXPIRED:
+                attempt.watch = AckWatch.SETTLED  # the late ack of a timed-out initial state
+                return
             if attempt.watch is AckWatch.AWAITING:
                 # Early: buffered for this attempt, claimed once at room_info.
                 attempt.watch = AckWatch.BUFFERED
@@ -616,7 +619,7 @@ class ClientSession:
             attempt = self._live()
             del attempt.deadlines[kind]
             if kind is Deadline.INITIAL_STATE_ACK:
-                attempt.watch = AckWatch.SETTLED
+                attempt.watch = AckWatch.EXPIRED
                 message = f"no initial-state ack within {timeouts.initial_state_ack:g} s"
                 self._emit(
                     ErrorOccurred(attempt.id, ErrorKind.INITIAL_STATE_TIMEOUT, message, fatal=False)
@@ -779,7 +782,12 @@ class ClientSession:
             return
         # Connected: one error event; the waits it fails end without another.
         self._emit(ErrorOccurred(attempt.id, ErrorKind.SERVER_ERROR, text, fatal=False))
-        if attempt.watch in (AckWatch.WATCHING, AckWatch.AWAITING, AckWatch.BUFFERED):
+        if attempt.watch in (
+            AckWatch.WATCHING,
+            AckWatch.AWAITING,
+            AckWatch.BUFFERED,
+            AckWatch.EXPIRED,
+        ):
             attempt.watch = AckWatch.SETTLED
             attempt.deadlines.pop(Deadline.INITIAL_STATE_ACK, None)
         for pending in attempt.live_requests():

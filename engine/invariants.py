@@ -8,6 +8,7 @@ rule of specs/protocol.md.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from typing import Final
@@ -15,16 +16,29 @@ from typing import Final
 import attrs
 
 from .attempt import AckWatch
-from .client import ClientSession, Phase
-from .inputs import Disconnect, Input, SendFailed, TracksPublished
+from .client import ATTEMPT_PHASES, LIVE_PHASES, ClientSession, Phase
+from .codec import parse_server_frame
+from .inputs import (
+    Disconnect,
+    FrameReceived,
+    Input,
+    SendFailed,
+    SocketClosed,
+    SocketOpenFailed,
+    TracksPublished,
+)
+from .messages import Error, PromptAck, SetImageAck
 from .outputs import (
+    CloseSocket,
     ConnectionState,
     ConnectRoom,
+    DisconnectRoom,
     ErrorKind,
     ErrorOccurred,
     FramePurpose,
     InitialStateAcked,
     Output,
+    RetryScheduled,
     SendFrame,
     StateChanged,
 )
@@ -38,7 +52,16 @@ NAMES: Final = (
     "at_most_one_error_per_failure",
     "early_ack_claimed_once_by_its_own_attempt",
     "send_failure_fails_the_attempt",
+    "stale_input_dropped",
+    "permanent_failure_is_not_retried",
+    "every_attempt_has_a_deadline",
+    "every_attempt_ends_within_its_deadlines",
+    "every_ended_attempt_is_closed",
 )
+
+# Phases in which an attempt is pending: it must end (connected, failed or
+# superseded) by a deadline if nothing else happens.
+PENDING_PHASES: Final = (*ATTEMPT_PHASES, Phase.BACKOFF)
 
 # Which deadlines may be armed in each phase (beyond per-request deadlines).
 _ALLOWED_DEADLINES: Final[dict[Phase, frozenset[str]]] = {
@@ -71,11 +94,16 @@ class InvariantMonitor:
     # attempt id -> how many initial-state outcomes it produced
     _initial_outcomes: dict[int, int] = attrs.Factory(dict)
     _failed_by_send: set[int] = attrs.Factory(set)
+    # attempts that received an ack frame: only they may settle an initial state by ack
+    _acks_received: set[int] = attrs.Factory(set)
+    # attempts that asked for a room (ConnectRoom): only they, and all of them, disconnect it
+    _rooms: set[int] = attrs.Factory(set)
 
     def step(self, event: Input | None, now: float) -> list[Output]:
         """Feed ``event`` (or the timer, when None) and check the result."""
         session = self.session
         before_phase = session.phase
+        before_state = session.state
         before_attempt = session._attempt
         before_watch = session.ack_watch
         latest_before = session.latest_attempt
@@ -85,9 +113,34 @@ class InvariantMonitor:
             and event.attempt == before_attempt.id
             and event.send in (before_attempt.join_send, before_attempt.initial_send)
         )
+        event_attempt = getattr(event, "attempt", None)
+        live_input = (
+            event_attempt is not None
+            and before_attempt is not None
+            and event_attempt == before_attempt.id
+        )
+        permanent = live_input and self._observe_live_input(event, before_phase)
         outputs = session.handle_timer(now) if event is None else session.handle(event, now)
+        # Spec 6.7: input of any attempt but the live one changes nothing.
+        if (
+            event_attempt is not None
+            and not live_input
+            and (outputs or session.phase is not before_phase or session.state is not before_state)
+        ):
+            raise InvariantViolation(
+                "stale_input_dropped",
+                f"{type(event).__name__} of attempt {event_attempt} (live: "
+                f"{None if before_attempt is None else before_attempt.id}) gave "
+                f"{[type(o).__name__ for o in outputs]}",
+            )
+        if permanent:
+            self._check_permanent(outputs)
+        self._rooms.update(o.attempt for o in outputs if isinstance(o, ConnectRoom))
+        if before_attempt is not None and session._attempt is not before_attempt:
+            self._check_closed(before_attempt.id, outputs)
         self._check_outputs(event, outputs, latest_before)
         self._check_deadlines()
+        self._check_pending_has_deadline()
         self._check_initial_frames(outputs)
         if (
             isinstance(event, TracksPublished)
@@ -113,6 +166,63 @@ class InvariantMonitor:
                     "send_failure_fails_the_attempt", "ConnectRoom after a failed handshake send"
                 )
         return outputs
+
+    def _observe_live_input(self, event: Input | None, phase: Phase) -> bool:
+        """Notes an ack frame for the live attempt; returns whether ``event``
+        fails the attempt with a permanent text (spec 6.3: an error frame
+        before connected, a close reason, an open failure)."""
+        is_permanent = self.session.config.retry.is_permanent
+        if isinstance(event, SocketOpenFailed | SocketClosed):
+            return is_permanent(event.reason)
+        if isinstance(event, FrameReceived):
+            message = parse_server_frame(event.frame, self.session.config.max_frame_bytes)
+            if isinstance(message, SetImageAck | PromptAck):
+                self._acks_received.add(event.attempt)
+            return (
+                isinstance(message, Error)
+                and phase not in LIVE_PHASES
+                and is_permanent(message.error)
+            )
+        return False
+
+    def _check_permanent(self, outputs: Sequence[Output]) -> None:
+        name = "permanent_failure_is_not_retried"
+        if any(isinstance(o, RetryScheduled) for o in outputs):
+            raise InvariantViolation(name, "a permanent failure scheduled a retry")
+        if self.session.phase is not Phase.DISCONNECTED:
+            raise InvariantViolation(
+                name, f"a permanent failure left the session {self.session.phase.value}"
+            )
+        if not any(isinstance(o, ErrorOccurred) and o.fatal for o in outputs):
+            raise InvariantViolation(name, "a permanent failure raised no fatal error")
+
+    def _check_closed(self, ended: int, outputs: Sequence[Output]) -> None:
+        """Spec 6.6: an ended attempt gets CloseSocket, and DisconnectRoom iff it
+        asked for a room (LiveKit's connect is not cancellation-safe)."""
+        closes = sum(1 for o in outputs if isinstance(o, CloseSocket) and o.attempt == ended)
+        rooms = sum(1 for o in outputs if isinstance(o, DisconnectRoom) and o.attempt == ended)
+        requested = ended in self._rooms
+        if closes != 1 or rooms != (1 if requested else 0):
+            raise InvariantViolation(
+                "every_ended_attempt_is_closed",
+                f"attempt {ended} ended with {closes} CloseSocket and {rooms} DisconnectRoom "
+                f"(room {'requested' if requested else 'never requested'})",
+            )
+
+    def _check_pending_has_deadline(self) -> None:
+        session = self.session
+        if session.phase not in PENDING_PHASES or session.get_timer() is not None:
+            return
+        timeouts = session.config.timeouts
+        if (
+            session.phase is Phase.QUEUED
+            and timeouts.queue_silence is None
+            and timeouts.max_queue_wait is None
+        ):
+            return  # configured to wait in the queue for as long as the server keeps it
+        raise InvariantViolation(
+            "every_attempt_has_a_deadline", f"no deadline armed while {session.phase.value}"
+        )
 
     def _check_outputs(
         self, event: Input | None, outputs: Sequence[Output], latest_before: int
@@ -145,6 +255,14 @@ class InvariantMonitor:
             ):
                 count = self._initial_outcomes.get(output.attempt, 0) + 1
                 self._initial_outcomes[output.attempt] = count
+                by_ack = not isinstance(output, ErrorOccurred) or (
+                    output.kind is ErrorKind.INITIAL_STATE_REJECTED
+                )
+                if by_ack and output.attempt not in self._acks_received:
+                    raise InvariantViolation(
+                        "early_ack_claimed_once_by_its_own_attempt",
+                        f"attempt {output.attempt} settled its initial state by an ack it never received",
+                    )
                 if count > 1:
                     raise InvariantViolation(
                         "early_ack_claimed_once_by_its_own_attempt",
@@ -211,3 +329,65 @@ class InvariantMonitor:
                 raise InvariantViolation(
                     name, "something came between the join and the initial-state frame"
                 )
+
+
+def _phase_limit(session: ClientSession) -> float | None:
+    """How long the session may stay in its current pending phase: the
+    deadline armed on entering it (None: unbounded by configuration)."""
+    timeouts = session.config.timeouts
+    phase = session.phase
+    if phase is Phase.OPENING:
+        return timeouts.socket_open
+    if phase is Phase.JOINING:
+        return timeouts.room_info
+    if phase is Phase.QUEUED:
+        silence = timeouts.queue_silence
+        return silence if silence is not None else timeouts.max_queue_wait
+    if phase in (Phase.ROOM_CONNECTING, Phase.PUBLISHING):
+        return timeouts.media
+    return session.config.retry.max_delay  # backoff
+
+
+def settle_by_timers(session: ClientSession, max_firings: int = 64) -> list[float]:
+    """Bounded liveness (spec 5, 6.2, 6.4): with no input but the passing of
+    time, every pending attempt ends (connected, failed or superseded) by the
+    deadline of the phase it is in (socket open, room_info, queue silence,
+    media, retry), and the session leaves its pending phases within the
+    connect budget plus one queue wait. Runs on a copy; returns the instants
+    at which the timer fired, so that a caller can extend a trace with them."""
+    name = "every_attempt_ends_within_its_deadlines"
+    # The configuration is frozen and shared: copying it would only cost time.
+    probe = copy.deepcopy(session, {id(session.config): session.config})
+    timeouts = probe.config.timeouts
+    queue_wait = _phase_limit(probe) if probe.phase is Phase.QUEUED else None
+    start = probe._now if probe._now > float("-inf") else 0.0
+    # Without input nothing queues anew: one queue wait at most, then the connect budget.
+    bound = start + (queue_wait or 0.0) + timeouts.connect
+    fired: list[float] = []
+    seen = (probe.phase, probe.attempt, start)  # phase, attempt, first seen at
+    while probe.phase in PENDING_PHASES:
+        when = probe.get_timer()
+        limit = _phase_limit(probe)
+        if when is None:
+            if limit is None:
+                return fired  # an unbounded queue wait is what the caller configured
+            raise InvariantViolation(name, f"{probe.phase.value} with no deadline: waits forever")
+        if when > bound or len(fired) >= max_firings:
+            raise InvariantViolation(
+                name,
+                f"still {probe.phase.value} at {when:g} s after {len(fired)} timer firings "
+                f"(bound {bound:g} s)",
+            )
+        now = max(when, probe._now)
+        probe.handle_timer(now)
+        fired.append(now)
+        if (probe.phase, probe.attempt) != seen[:2]:
+            # The phase was armed no later than first seen: it must have ended by then + limit.
+            if limit is not None and now > seen[2] + limit:
+                raise InvariantViolation(
+                    name,
+                    f"{seen[0].value} (attempt {seen[1]}) seen at {seen[2]:g} s lasted "
+                    f"until {now:g} s, past its {limit:g} s deadline",
+                )
+            seen = (probe.phase, probe.attempt, now)
+    return fired

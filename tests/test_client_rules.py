@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 from engine_script import QUEUE_CONFIG, ROOM_INFO, Script, frame, of_type
+
 from leanjoin.engine.attempt import AckWatch
 from leanjoin.engine.client import (
     ClientSession,
@@ -194,6 +195,18 @@ def test_rule4_ack_timeout_raises_one_error_and_no_retry() -> None:
     assert [e.kind for e in of_type(out, ErrorOccurred)] == [ErrorKind.INITIAL_STATE_TIMEOUT]
     assert not of_type(out, RetryScheduled) and script.session.state is ConnectionState.CONNECTED
     assert script.wait(600.0) == []
+
+
+def test_rule4_a_late_ack_after_the_timeout_is_absorbed_not_taken_for_a_request() -> None:
+    script = Script()
+    script.to_connected(IMAGE_AND_PROMPT)
+    assert [e.kind for e in of_type(script.wait(30.0), ErrorOccurred)] == [
+        ErrorKind.INITIAL_STATE_TIMEOUT
+    ]
+    script.feed(ChangeImage(RequestId(1), image_data="bmV3"))
+    # The initial state's own late ack: silent, and not request 1's.
+    assert script.server(type="set_image_ack", success=True) == []
+    assert of_type(script.server(type="set_image_ack", success=True), RequestAcked)[0].request == 1
 
 
 def test_rule4_early_ack_is_buffered_and_claimed_once_at_room_info() -> None:

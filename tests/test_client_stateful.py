@@ -20,6 +20,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+
 from leanjoin.engine.attempt import AckWatch
 from leanjoin.engine.client import LIVE_PHASES, ClientSession, Phase
 from leanjoin.engine.config import InitialState, RetryPolicy, SessionConfig, Timeouts

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from leanjoin.engine import messages as m
 from leanjoin.engine.codec import (
     FrameProblem,

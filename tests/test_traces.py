@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from leanjoin.engine.trace import replay
 from trace_scenarios import SCENARIOS, TRACES, build, dump
+
+from leanjoin.engine.trace import replay
 
 TRACE_FILES = sorted(TRACES.glob("*.jsonl"))
 

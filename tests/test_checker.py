@@ -1,0 +1,407 @@
+"""The exhaustive checker (engine/checker.py): a small exhaustive run of the
+composed model passes and reaches every target; bugs reintroduced into the
+client engine by test-only mutants (monkeypatches here, never in engine code)
+are each caught with a shortest counterexample; a saved counterexample
+replays through ``leanjoin.engine.trace.replay``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from transitions import EventData
+
+from leanjoin.adapters.check_cli import check, save_trace
+from leanjoin.adapters.check_parallel import explore_parallel
+from leanjoin.engine import client as client_module
+from leanjoin.engine import trace as trace_module
+from leanjoin.engine.attempt import AckWatch, Attempt, Deadline
+from leanjoin.engine.checker import (
+    LIVENESS,
+    TARGETS,
+    Expander,
+    Result,
+    explore,
+    world_key,
+)
+from leanjoin.engine.checker_model import (
+    Bounds,
+    Model,
+    World,
+    initial_world,
+)
+from leanjoin.engine.checker_moves import SERVER_NEVER_SURPRISES_THE_CLIENT, step
+from leanjoin.engine.checker_report import counterexample
+from leanjoin.engine.client import ClientSession, Phase
+from leanjoin.engine.config import SessionConfig
+from leanjoin.engine.inputs import Input, SendFailed, TracksPublished
+from leanjoin.engine.invariants import NAMES
+from leanjoin.engine.messages import PromptAck, SetImageAck
+from leanjoin.engine.outputs import ErrorKind, ErrorOccurred, Output
+from leanjoin.engine.server import ServerSession
+from leanjoin.engine.trace import replay
+
+SMALL = Bounds(max_faults=2, max_connects=2, rival=True)
+NO_RIVAL = Bounds(max_faults=2, max_connects=2, rival=False)
+
+
+def test_a_small_exhaustive_run_passes_and_reaches_every_target() -> None:
+    result = explore(Model(bounds=SMALL), depth=9)
+    assert result.violation is None
+    assert result.missing == [], f"model too weak: never reached {result.missing}"
+    assert set(TARGETS) <= set(result.reached)
+    assert result.depth == 9 and result.states > 10_000
+    # No move of the model is dead code.
+    assert set(result.used) == {
+        "connect", "set_prompt", "disconnect", "socket_opened", "socket_open_failed",
+        "deliver_c2s", "deliver_s2c", "send_failed", "socket_lost", "server_shutdown",
+        "server_error", "room_connected", "room_connect_failed", "tracks_published",
+        "publish_failed", "room_lost", "video_arrives", "deliver_stale", "rival_leaves", "time",
+    }  # fmt: skip
+    # Each witness path replays to a world where its label holds.
+    for label, path in result.reached.items():
+        world = initial_world(Model(bounds=SMALL))
+        labels: set[str] = set()
+        for choice in path:
+            labels = step(world, choice, Model(bounds=SMALL))
+        assert label in labels
+
+
+def test_two_workers_explore_the_same_space() -> None:
+    serial = explore(Model(bounds=SMALL), depth=7)
+    parallel = explore_parallel(Model(bounds=SMALL), depth=7, workers=2)
+    assert (parallel.states, parallel.transitions) == (serial.states, serial.transitions)
+    assert parallel.reached.keys() == serial.reached.keys()
+
+
+def test_forked_worlds_copy_on_write() -> None:
+    """A move never changes the world it was forked from (nor its key)."""
+    model = Model(bounds=SMALL)
+    expander = Expander(model)
+    frontier = [initial_world(model)]
+    for _ in range(6):
+        following: list[World] = []
+        for world in frontier:
+            before = world_key(_uncached(world))
+            following.extend(o.world for o in expander.expand(world) if o.world is not None)
+            assert world_key(_uncached(world)) == before
+        frontier = following[:200]
+
+
+def _uncached(world: World) -> World:
+    world = world.fork()
+    world.keys = [None, None, None]
+    return world
+
+
+def test_every_invariant_has_one_name() -> None:
+    assert LIVENESS in NAMES and len(set(NAMES)) == len(NAMES)
+
+
+# ---- mutants: each reintroduces one bug; the checker must catch it ----------------------
+
+Patch = Callable[[pytest.MonkeyPatch], Model | None]
+
+
+def finding_1_initial_state_send_failure_ignored(mp: pytest.MonkeyPatch) -> None:
+    """Seed review finding 1: a failed initial-state send is ignored and the
+    attempt goes on to connect."""
+    original = client_module._HANDLERS[SendFailed]
+
+    def on_send_failed(self: ClientSession, result: SendFailed) -> None:
+        attempt = self._attempt
+        if attempt is not None and result.send == attempt.initial_send:
+            return
+        original(self, result)
+
+    mp.setitem(client_module._HANDLERS, SendFailed, on_send_failed)
+
+
+class SessionLevelAckDeadline(ClientSession):
+    """Seed review finding 2: the initial-state ack deadline kept at session
+    level (not in the attempt record), so teardown does not clear it."""
+
+    __slots__ = ("_ack_deadline",)
+
+    def __init__(self, config: SessionConfig) -> None:
+        super().__init__(config)
+        self._ack_deadline: float | None = None
+
+    def _connect_room(self, event: EventData) -> None:
+        super()._connect_room(event)
+        attempt = self._live()
+        if Deadline.INITIAL_STATE_ACK in attempt.deadlines:
+            self._ack_deadline = attempt.deadlines.pop(Deadline.INITIAL_STATE_ACK)
+
+    def _settle_initial(self, attempt: Attempt, ack: SetImageAck | PromptAck) -> None:
+        super()._settle_initial(attempt, ack)
+        self._ack_deadline = None
+
+    def get_timer(self) -> float | None:
+        best, mine = super().get_timer(), self._ack_deadline
+        return mine if best is None or (mine is not None and mine < best) else best
+
+    def deadlines(self) -> dict[str, float]:
+        armed = super().deadlines()
+        if self._ack_deadline is not None:
+            armed["initial_state_ack"] = self._ack_deadline
+        return armed
+
+    def handle_timer(self, now: float) -> list[Output]:
+        if self._ack_deadline is not None and self._ack_deadline <= now:
+            self._ack_deadline = None
+            kind = ErrorKind.INITIAL_STATE_TIMEOUT
+            self._emit(ErrorOccurred(self._last_attempt, kind, "no ack", fatal=False))
+        return super().handle_timer(now)
+
+
+def finding_2_ack_deadline_outlives_its_attempt(mp: pytest.MonkeyPatch) -> Model:
+    mp.setattr(trace_module, "ClientSession", SessionLevelAckDeadline)  # for replay
+    return Model(bounds=NO_RIVAL, client_factory=SessionLevelAckDeadline)
+
+
+class BufferedAckCarriedOver(ClientSession):
+    """Seed review finding 2, the other way: an ack buffered before room_info
+    outlives its attempt and is claimed by the next one."""
+
+    __slots__ = ("_carried",)
+
+    def __init__(self, config: SessionConfig) -> None:
+        super().__init__(config)
+        self._carried: SetImageAck | PromptAck | None = None
+
+    def _end_attempt(self, event: EventData) -> None:
+        attempt = self._attempt
+        if attempt is not None and attempt.watch is AckWatch.BUFFERED:
+            self._carried = attempt.buffered_ack
+        super()._end_attempt(event)
+
+    def _send_join(self, event: EventData) -> None:
+        super()._send_join(event)
+        attempt = self._live()
+        if self._carried is not None and attempt.watch is AckWatch.AWAITING:
+            attempt.watch, attempt.buffered_ack = AckWatch.BUFFERED, self._carried
+            self._carried = None
+
+
+# An early ack needs a queue wait, a retry and the rival gone: deep, so the
+# bounds are cut to what the path needs.
+CARRY_BOUNDS = Bounds(max_faults=1, max_connects=1, set_prompt=False, rival=True, max_stale=0)
+
+
+def finding_2_buffered_ack_claimed_by_the_next_attempt(mp: pytest.MonkeyPatch) -> Model:
+    mp.setattr(trace_module, "ClientSession", BufferedAckCarriedOver)  # for replay
+    return Model(bounds=CARRY_BOUNDS, client_factory=BufferedAckCarriedOver)
+
+
+def ack_deadline_armed_at_join(mp: pytest.MonkeyPatch) -> None:
+    original = ClientSession._send_join
+
+    def send_join(self: ClientSession, event: EventData) -> None:
+        original(self, event)
+        attempt = self._live()
+        if attempt.watch is AckWatch.AWAITING:
+            attempt.watch = AckWatch.WATCHING
+            timeout = self.config.timeouts.initial_state_ack
+            attempt.deadlines[Deadline.INITIAL_STATE_ACK] = self._now + timeout
+
+    mp.setattr(ClientSession, "_send_join", send_join)
+
+
+def stale_attempt_input_not_dropped(mp: pytest.MonkeyPatch) -> None:
+    original = ClientSession.handle
+
+    def handle(self: ClientSession, event: Input, now: float) -> list[Output]:
+        attempt = getattr(event, "attempt", None)
+        if attempt is not None and self._attempt is not None and attempt != self._attempt.id:
+            stale: Any = event  # any transport result: all carry an attempt
+            event = attrs.evolve(stale, attempt=self._attempt.id)
+        return original(self, event, now)
+
+    mp.setattr(ClientSession, "handle", handle)
+
+
+def room_info_deadline_kept_while_queued(mp: pytest.MonkeyPatch) -> None:
+    original = ClientSession._note_queue_position
+
+    def note_queue_position(self: ClientSession, event: EventData) -> None:
+        original(self, event)
+        timeout = self.config.timeouts.room_info
+        self._live().deadlines[Deadline.ROOM_INFO] = self._now + timeout
+
+    mp.setattr(ClientSession, "_note_queue_position", note_queue_position)
+
+
+def two_errors_for_one_failure(mp: pytest.MonkeyPatch) -> None:
+    original = ClientSession._report_fatal
+
+    def report_fatal(self: ClientSession, event: EventData) -> None:
+        lost = ErrorOccurred(self._last_attempt, ErrorKind.CONNECTION_LOST, "lost", fatal=False)
+        self._emit(lost)
+        original(self, event)
+
+    mp.setattr(ClientSession, "_report_fatal", report_fatal)
+
+
+def permanent_error_retried(mp: pytest.MonkeyPatch) -> None:
+    """A case-sensitive marker match: 'HTTP 401 Unauthorized' keeps '401' but
+    the engine's check is bypassed altogether here."""
+    mp.setattr(ClientSession, "_is_permanent", lambda self, text: False)
+
+
+def connected_waits_for_the_ack(mp: pytest.MonkeyPatch) -> None:
+    original = client_module._HANDLERS[TracksPublished]
+
+    def on_tracks_published(self: ClientSession, result: TracksPublished) -> None:
+        attempt = self._attempt
+        if attempt is not None and attempt.watch in (AckWatch.AWAITING, AckWatch.WATCHING):
+            return  # waits for the initial-state ack before showing connected
+        original(self, result)
+
+    mp.setitem(client_module._HANDLERS, TracksPublished, on_tracks_published)
+
+
+def media_deadline_never_armed(mp: pytest.MonkeyPatch) -> None:
+    original = ClientSession._connect_room
+
+    def connect_room(self: ClientSession, event: EventData) -> None:
+        original(self, event)
+        self._live().deadlines.pop(Deadline.MEDIA, None)
+
+    mp.setattr(ClientSession, "_connect_room", connect_room)
+
+
+def room_left_behind_while_connecting(mp: pytest.MonkeyPatch) -> None:
+    """'Nothing to disconnect, it never connected': a room whose connect is
+    still pending when the attempt ends is not disconnected (spec 6.6)."""
+    original = ClientSession._end_attempt
+
+    def end_attempt(self: ClientSession, event: EventData) -> None:
+        attempt = self._attempt
+        if attempt is not None and self.phase is Phase.ROOM_CONNECTING:
+            attempt.room_requested = False
+        original(self, event)
+
+    mp.setattr(ClientSession, "_end_attempt", end_attempt)
+
+
+def server_repeats_room_info(mp: pytest.MonkeyPatch) -> None:
+    """A server-side bug: the composition catches the server engine too."""
+    original = ServerSession._send_room_info
+
+    def send_room_info(self: ServerSession, event: EventData) -> None:
+        original(self, event)
+        original(self, event)
+
+    mp.setattr(ServerSession, "_send_room_info", send_room_info)
+
+
+# mutant, bounds, depth, the invariant it must break, the shortest counterexample's length
+MUTANTS: list[tuple[Patch, Bounds, int, str, int]] = [
+    (finding_1_initial_state_send_failure_ignored, NO_RIVAL, 4, "send_failure_fails_the_attempt", 3),
+    (finding_2_ack_deadline_outlives_its_attempt, NO_RIVAL, 6, "no_deadline_survives_its_attempt", 5),
+    (finding_2_buffered_ack_claimed_by_the_next_attempt, CARRY_BOUNDS, 12, "early_ack_claimed_once_by_its_own_attempt", 12),
+    (ack_deadline_armed_at_join, NO_RIVAL, 3, "no_deadline_survives_its_attempt", 2),
+    (stale_attempt_input_not_dropped, NO_RIVAL, 5, "stale_input_dropped", 4),
+    (room_info_deadline_kept_while_queued, SMALL, 5, "no_deadline_survives_its_attempt", 4),
+    (two_errors_for_one_failure, NO_RIVAL, 3, "at_most_one_error_per_failure", 2),
+    (permanent_error_retried, NO_RIVAL, 3, "permanent_failure_is_not_retried", 2),
+    (connected_waits_for_the_ack, NO_RIVAL, 7, "connected_never_waits_for_ack", 6),
+    (media_deadline_never_armed, NO_RIVAL, 5, LIVENESS, 4),
+    (room_left_behind_while_connecting, NO_RIVAL, 6, "every_ended_attempt_is_closed", 5),
+    (server_repeats_room_info, NO_RIVAL, 6, SERVER_NEVER_SURPRISES_THE_CLIENT, 5),
+]  # fmt: skip
+
+
+def _run_mutant(
+    mp: pytest.MonkeyPatch, patch: Patch, bounds: Bounds, depth: int
+) -> tuple[Model, Result]:
+    model = patch(mp) or Model(bounds=bounds)
+    return model, explore(model, depth)
+
+
+@pytest.mark.parametrize(
+    ("patch", "bounds", "depth", "invariant", "length"),
+    MUTANTS,
+    ids=[m[0].__name__ for m in MUTANTS],
+)
+def test_a_mutant_is_caught_with_a_shortest_counterexample(
+    monkeypatch: pytest.MonkeyPatch,
+    patch: Patch,
+    bounds: Bounds,
+    depth: int,
+    invariant: str,
+    length: int,
+) -> None:
+    model, result = _run_mutant(monkeypatch, patch, bounds, depth)
+    violation = result.violation
+    assert violation is not None, f"{patch.__name__} survived {result.states} states"
+    assert (violation.name, len(violation.path)) == (invariant, length), violation
+    found = counterexample(model, violation)
+    assert len([line for line in found.lines if line[:4].strip().rstrip(".").isdigit()]) == length
+    assert found.lines[-1].startswith(f"violated: {invariant}")
+    # The trace replays exactly while the mutant is in place.
+    assert replay(found.records) == []
+
+
+def test_the_unmutated_engine_passes_where_each_mutant_fails() -> None:
+    for patch, bounds, depth, _invariant, _length in MUTANTS:
+        assert explore(Model(bounds=bounds), depth).violation is None, patch.__name__
+
+
+def test_a_saved_counterexample_replays_and_shows_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    model, result = _run_mutant(
+        monkeypatch, finding_1_initial_state_send_failure_ignored, NO_RIVAL, 4
+    )
+    assert result.violation is not None
+    found = counterexample(model, result.violation, name="finding-1")
+    path = save_trace(found.records, tmp_path, "finding-1")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records[0]["trace"] == "finding-1"
+    assert [r["input"]["type"] for r in records[1:]] == ["Connect", "SocketOpened", "SendFailed"]
+    assert replay(records) == []  # the mutant does what the trace says
+    monkeypatch.undo()
+    (mismatch,) = replay(records)  # the real engine fails the attempt instead
+    assert mismatch.step == 3
+    kinds = [o["type"] for o in mismatch.actual]
+    assert "RetryScheduled" in kinds and "CloseSocket" in kinds
+
+
+def test_the_command_prints_the_counterexample_and_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    finding_1_initial_state_send_failure_ignored(monkeypatch)
+    runner = CliRunner()
+    outcome = runner.invoke(
+        check, ["--depth", "4", "--no-rival", "--workers", "1", "--save", str(tmp_path)]
+    )
+    assert outcome.exit_code == 1, outcome.output
+    assert "send_failure_fails_the_attempt" in outcome.output
+    assert "send_failed 2" in outcome.output
+    (saved,) = tmp_path.glob("*.jsonl")
+    assert replay([json.loads(line) for line in saved.read_text().splitlines()]) == []
+
+
+def test_the_command_passes_and_reports_what_it_explored() -> None:
+    from click.testing import CliRunner
+
+    outcome = CliRunner().invoke(check, ["--depth", "9", "--workers", "2"])
+    assert outcome.exit_code == 0, outcome.output
+    assert "states" in outcome.output and "states/s" in outcome.output
+    assert "no violation" in outcome.output
+
+
+def test_a_too_shallow_run_says_which_targets_it_missed() -> None:
+    from click.testing import CliRunner
+
+    outcome = CliRunner().invoke(check, ["--depth", "3", "--workers", "1"])
+    assert outcome.exit_code == 3
+    assert "generating" in outcome.output

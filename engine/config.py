@@ -101,8 +101,22 @@ class SessionConfig:
     retry: RetryPolicy = RetryPolicy()
     max_frame_bytes: int = attrs.field(default=1 << 20, validator=attrs.validators.ge(1024))
 
+    # Built once: every attempt opens the same URL.
+    _urls: tuple[str, str] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        url = self._build_socket_url()
+        redacted = url.replace(urlencode({"api_key": self.api_key}), "api_key=<redacted>", 1)
+        object.__setattr__(self, "_urls", (url, redacted))
+
     def socket_url(self) -> str:
         """The signaling URL: api_key and model, then options, user_agent last."""
+        return self._urls[0]
+
+    def redacted_socket_url(self) -> str:
+        return self._urls[1]
+
+    def _build_socket_url(self) -> str:
         query: list[tuple[str, str]] = [("api_key", self.api_key), ("model", self.model)]
         if self.resolution is not None:
             query.append(("resolution", self.resolution))
@@ -111,11 +125,6 @@ class SessionConfig:
         if self.user_agent is not None:
             query.append(("user_agent", self.user_agent))
         return f"{self.url}?{urlencode(query)}"
-
-    def redacted_socket_url(self) -> str:
-        return self.socket_url().replace(
-            urlencode({"api_key": self.api_key}), "api_key=<redacted>", 1
-        )
 
 
 def _image_size(value: str | None) -> str:

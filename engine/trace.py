@@ -45,7 +45,8 @@ def to_record(value: Any) -> Any:
     if attrs.has(type(value)):
         record: dict[str, Any] = {"type": type(value).__name__}
         for field in attrs.fields(type(value)):
-            record[field.name] = to_record(getattr(value, field.name))
+            if field.init:  # a record holds what rebuilds the value, not what it derives
+                record[field.name] = to_record(getattr(value, field.name))
         return record
     if value is messages.ABSENT:
         return {"type": "ABSENT"}

@@ -292,6 +292,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Built once: json.loads/dumps with options construct a coder on every call.
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _utf8_len_exceeds(text: str, limit: int) -> bool:
     # A character is 1 to 4 UTF-8 bytes: only encode when the bounds disagree.
     if len(text) * 4 <= limit:
@@ -311,7 +316,7 @@ def _parse(
             ProblemKind.TOO_LARGE, f"frame exceeds the maximum of {max_bytes} bytes"
         )
     try:
-        obj = json.loads(frame, parse_constant=_reject_constant)
+        obj = _DECODER.decode(frame)
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError, NaN/Infinity and over-long integers.
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
@@ -379,4 +384,4 @@ def to_json_object(message: ClientMessage | ServerMessage) -> dict[str, Any]:
 
 def encode(message: ClientMessage | ServerMessage) -> str:
     """The message as one compact JSON text frame."""
-    return json.dumps(_present(message), separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(_present(message))

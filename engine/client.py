@@ -781,18 +781,18 @@ class ClientSession:
             self._fail(ErrorKind.SERVER_ERROR, text, permanent=permanent)
             return
         # Connected: one error event; the waits it fails end without another.
+        # They stay as tombstones, so that acks still on their way are absorbed
+        # rather than reported as unexpected or taken for newer requests.
         self._emit(ErrorOccurred(attempt.id, ErrorKind.SERVER_ERROR, text, fatal=False))
-        if attempt.watch in (
-            AckWatch.WATCHING,
-            AckWatch.AWAITING,
-            AckWatch.BUFFERED,
-            AckWatch.EXPIRED,
-        ):
+        if attempt.watch in (AckWatch.WATCHING, AckWatch.AWAITING):
+            attempt.watch = AckWatch.EXPIRED
+        elif attempt.watch is AckWatch.BUFFERED:
             attempt.watch = AckWatch.SETTLED
-            attempt.deadlines.pop(Deadline.INITIAL_STATE_ACK, None)
+        attempt.deadlines.pop(Deadline.INITIAL_STATE_ACK, None)
         for pending in attempt.live_requests():
-            attempt.requests.remove(pending)
+            pending.expired = True
             self._emit(RequestFailed(attempt.id, pending.request, ErrorKind.SERVER_ERROR, text))
+        attempt.drop_excess_tombstones()
 
     def _on_generation_started(self, _message: GenerationStarted) -> None:
         attempt = self._live()

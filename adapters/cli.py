@@ -269,3 +269,24 @@ from .serve_cli import serve  # noqa: E402
 main.add_command(serve)
 main.add_command(check)
 main.add_command(diagrams)
+
+
+def entry() -> None:
+    """The ``leanjoin`` console script: run the command, then leave without
+    interpreter finalization. The native LiveKit client's threads can call into
+    a finalizing interpreter and abort the process ("panic in a function that
+    cannot unwind") after a session that ended cleanly; everything is closed
+    by then, so only buffers need flushing."""
+    try:
+        main()
+        status = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            status = 1
+        else:
+            status = 0 if exc.code is None else exc.code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -70,6 +70,12 @@ log = logging.getLogger("leanjoin.server")
 STREAM_PATH: Final = "/v1/stream"
 LISTEN_BACKLOG: Final = 1024
 FLUSH_TIMEOUT: Final = 2.0  # seconds a closing connection gets to send its last frames
+# Back-pressure on a peer that does not read what it is sent: above the high
+# mark its next frame is not read until the outbox drains below the low mark;
+# a peer stuck there for DEAF_PEER_TIMEOUT is dropped.
+OUTBOX_HIGH_BYTES: Final = 1 << 20
+OUTBOX_LOW_BYTES: Final = 1 << 18
+DEAF_PEER_TIMEOUT: Final = 5.0
 _TIMER: Final = object()  # pump item: the connection's deadline is due
 _ADMIT: Final = object()  # pump item: the admission rate timer is due
 
@@ -94,6 +100,9 @@ class _Connection:
         self.engine = engine
         # Frames to send, in order; a CloseConnection or None (stop) ends the writer.
         self.outbox: deque[str | CloseConnection | None] = deque()
+        self.outbox_bytes = 0  # characters of the frames waiting in the outbox
+        self.drained = asyncio.Event()  # set while the outbox is below the high mark
+        self.drained.set()
         self.wake = asyncio.Event()
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
@@ -105,13 +114,13 @@ class _Connection:
         return f"<connection {self.number} {self.engine.phase.value}>"
 
 
-
 def _reference_swatch(data: bytes) -> np.ndarray:
     """Decode a reference and keep only what the echo model uses, its mean
     colour, as a 1x1 image: computed once here instead of on every camera
     frame (about 90 ms a frame for an 8 MB image), and megabytes lighter."""
     colour = mean_colour(decode_reference(data))
     return np.array([[colour]], dtype=np.uint8)
+
 
 class ReferenceServer:
     """The lean-join signaling server with a LiveKit double for the media."""
@@ -266,6 +275,8 @@ class ReferenceServer:
             )
             bandwidth = self.knobs.uplink_bytes_per_second
             async for frame in socket:
+                if not connection.drained.is_set():
+                    await self._wait_for_reader(connection)
                 if bandwidth is not None:
                     # The simulated uplink: this frame took its size / bandwidth to arrive.
                     size = len(frame.encode() if isinstance(frame, str) else frame)
@@ -283,6 +294,18 @@ class ReferenceServer:
             writer.cancel()
             self._forget(connection)
 
+    async def _wait_for_reader(self, connection: _Connection) -> None:
+        """Stop reading a peer that does not read its answers; drop it if it stays so."""
+        try:
+            async with asyncio.timeout(DEAF_PEER_TIMEOUT):
+                await connection.drained.wait()
+        except TimeoutError:
+            log.info("connection %d: peer does not read its frames; dropped", connection.number)
+            transport = connection.socket.transport
+            if transport is not None:
+                transport.abort()  # a closing handshake would wait on the same full buffer
+            raise ConnectionClosed(None, None) from None
+
     async def _write(self, connection: _Connection) -> None:
         """Send the outbox in order; a CloseConnection ends it."""
         socket = connection.socket
@@ -298,6 +321,9 @@ class ReferenceServer:
                         await socket.close(item.code, item.reason)
                         return
                     await socket.send(item)
+                    connection.outbox_bytes -= len(item)
+                    if connection.outbox_bytes <= OUTBOX_LOW_BYTES:
+                        connection.drained.set()
         except ConnectionClosed:
             return
 
@@ -353,7 +379,13 @@ class ReferenceServer:
 
     def _perform(self, connection: _Connection, output: ServerOutput) -> None:
         if isinstance(output, SendFrame | CloseConnection):
-            connection.outbox.append(output.frame if isinstance(output, SendFrame) else output)
+            if isinstance(output, SendFrame):
+                connection.outbox.append(output.frame)
+                connection.outbox_bytes += len(output.frame)
+                if connection.outbox_bytes > OUTBOX_HIGH_BYTES:
+                    connection.drained.clear()
+            else:
+                connection.outbox.append(output)
             connection.wake.set()
         elif isinstance(output, RequestSlot):
             self._work.extend(self._admission.request(connection, self._now()))

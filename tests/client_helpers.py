@@ -13,7 +13,8 @@ from websockets.asyncio.client import ClientConnection
 
 from leanjoin.adapters import Session
 from leanjoin.adapters.echo_model import prompt_colour
-from leanjoin.adapters.lkdouble import LiveKitDouble
+from leanjoin.adapters.lkdouble import LiveKitDouble, RoomHandle
+from leanjoin.adapters.server import ReferenceServer
 
 WAIT = 10.0  # the bound of every wait in the client tests
 
@@ -62,6 +63,18 @@ async def assert_nothing_left(lk: LiveKitDouble | None = None, *rooms: str) -> N
         with anyio.fail_after(WAIT):
             while any(lk.room(name).participants for name in rooms):
                 await anyio.sleep(0.02)
+
+
+def rooms_of(server: ReferenceServer) -> list[RoomHandle]:
+    """Every room the double made (it has no public list; tests may look inside)."""
+    rooms: dict[str, RoomHandle] = vars(server.livekit).get("_rooms", {})
+    return list(rooms.values())
+
+
+async def server_idle(server: ReferenceServer, *rooms: str | None) -> None:
+    """Nothing of the client is left, and the server saw every connection end."""
+    await assert_nothing_left(server.livekit, *(room for room in rooms if room))
+    await until(lambda: server.connections == 0)
 
 
 def colour_close(pixel: np.ndarray[Any, Any], colour: tuple[int, int, int], tol: int = 16) -> bool:

@@ -20,7 +20,7 @@ import anyio
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from client_helpers import WAIT, assert_nothing_left, colour_close, frame_with_band, until
+from client_helpers import WAIT, colour_close, frame_with_band, rooms_of, server_idle, until
 
 from leanjoin.adapters import (
     ConnectFailed,
@@ -41,7 +41,6 @@ from leanjoin.adapters import (
 )
 from leanjoin.adapters.cli import main
 from leanjoin.adapters.echo_model import decode_reference, mean_colour
-from leanjoin.adapters.lkdouble import RoomHandle
 from leanjoin.adapters.png import encode_png
 from leanjoin.adapters.server import ReferenceServer
 from leanjoin.engine.server_config import FaultPhase, ServerKnobs
@@ -86,18 +85,6 @@ def bottom(frame: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     band = frame.shape[0] // 4
     median: np.ndarray[Any, Any] = np.median(frame[frame.shape[0] - band :].reshape(-1, 3), axis=0)
     return median
-
-
-def rooms_of(server: ReferenceServer) -> list[RoomHandle]:
-    """Every room the double made (it has no public list; tests may look inside)."""
-    rooms: dict[str, RoomHandle] = vars(server.livekit).get("_rooms", {})
-    return list(rooms.values())
-
-
-async def server_idle(server: ReferenceServer, *rooms: str | None) -> None:
-    """Nothing of the client is left, and the server saw every connection end."""
-    await assert_nothing_left(server.livekit, *(room for room in rooms if room))
-    await until(lambda: server.connections == 0)
 
 
 # ---- what a session carries ----------------------------------------------------------

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -309,6 +310,67 @@ async def test_a_flood_is_closed_while_another_session_keeps_working() -> None:
             await video(server, info["room_name"])
             assert (await recv(good))["type"] == "generation_started"
         await healthy_session(server)
+
+
+@asynccontextmanager
+async def never_reading(server: ReferenceServer) -> AsyncIterator[ClientConnection]:
+    """A joined client that stops reading: its library buffers one frame, then the
+    kernel's buffers fill and the server's writes to it block."""
+    url = f"{server.url}?api_key={server.api_key}&model=echo"
+    with anyio.fail_after(WAIT):
+        socket = await connect(url, max_queue=1, max_size=None, compression=None)
+    try:
+        await send(socket, {"type": "livekit_join", "passthrough": True})
+        yield socket
+    finally:
+        # Drop it without a closing handshake, which it would never answer in time.
+        if socket.transport is not None:
+            socket.transport.abort()
+
+
+async def send_unread_prompts(socket: ClientConnection, megabytes: int) -> None:
+    """Prompts of 256 KiB, under the rate limit; each gets an ack echoing its text."""
+    prompt = json.dumps({"type": "prompt", "prompt": "p" * (256 * 1024)})
+    for _ in range(megabytes * 4):
+        await socket.send(prompt)
+        await anyio.sleep(0.025)  # 40 frames/s: the server's limit is 50
+
+
+@pytest.mark.anyio
+async def test_a_client_that_never_reads_does_not_hold_up_the_others() -> None:
+    async with running() as server, never_reading(server) as deaf:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send_unread_prompts, deaf, 4)
+            for _ in range(3):
+                with anyio.fail_after(WAIT):
+                    await healthy_session(server)
+                await anyio.sleep(0.3)
+        with anyio.fail_after(WAIT):
+            await healthy_session(server)
+
+
+@pytest.mark.anyio
+async def test_a_client_that_never_reads_cannot_grow_the_server_without_bound() -> None:
+    """What the server owes a peer that does not read is bounded (BUG-2, fixed): it
+    stops reading that peer (back-pressure), then drops it, instead of queueing its
+    acks without end."""
+    async with running(max_frame_bytes=2**20) as server, never_reading(server) as deaf:
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            dropped = False
+            with anyio.fail_after(WAIT * 3):
+                try:
+                    await send_unread_prompts(deaf, 24)
+                except ConnectionClosed:
+                    dropped = True
+            grown = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+        assert grown < 8 * 2**20, f"the server holds {grown / 2**20:.0f} MiB for a deaf peer"
+        assert dropped, "the deaf peer was neither slowed down nor dropped"
+        with anyio.fail_after(WAIT):
+            await healthy_session(server)
 
 
 @pytest.mark.anyio

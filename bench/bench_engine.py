@@ -1,3 +1,4 @@
+# mypy: disallow-untyped-calls=False
 """Client engine cost: full handshakes per second, cost per input against a bare
 ``transitions`` trigger measured in the same run, and the size of an idle
 session. Run on demand: ``.venv/bin/python bench/bench_engine.py``.

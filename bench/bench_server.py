@@ -159,7 +159,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--initial", choices=("image", "prompt"), default="image")
     parser.add_argument(
-        "--ramp", type=float, default=0.0, help="spread the arrivals over this many seconds (0: all at once)"
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="spread the arrivals over this many seconds (0: all at once)",
     )
     args = parser.parse_args()
     asyncio.run(_run(args.clients, args.initial, args.ramp))

@@ -67,7 +67,27 @@ async def _paced(fps: float) -> AsyncIterator[int]:
         await anyio.sleep(max(0.0, start + index * period - now))
 
 
-class TestPattern:
+class _Geometry:
+    """Frame size and rate: what every source reports to the publisher."""
+
+    _width: int
+    _height: int
+    _fps: float
+
+    @property
+    def width(self) -> int:
+        return self._width
+
+    @property
+    def height(self) -> int:
+        return self._height
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+
+class TestPattern(_Geometry):
     """A moving test pattern: colour ramps, a sweeping bar and a ticking block.
 
     Every frame is a pure function of its index (:meth:`frame_at`), so a test can
@@ -90,18 +110,6 @@ class TestPattern:
         self._base[:, :, 1] = ys[:, None].astype(np.uint8)
         self._base[:, :, 2] = 128
 
-    @property
-    def width(self) -> int:
-        return self._width
-
-    @property
-    def height(self) -> int:
-        return self._height
-
-    @property
-    def fps(self) -> float:
-        return self._fps
-
     def frame_at(self, index: int) -> Frame:
         frame = self._base.copy()
         bar = max(2, self._width // 32)
@@ -118,7 +126,7 @@ class TestPattern:
             yield self.frame_at(index)
 
 
-class ArraySource:
+class ArraySource(_Geometry):
     """Frames pushed by the application (``push``), newest wins.
 
     The iterator yields each pushed frame once; a consumer slower than the
@@ -133,18 +141,6 @@ class ArraySource:
         self._latest: Frame | None = None
         self._wakeup = anyio.Event()
         self._closed = False
-
-    @property
-    def width(self) -> int:
-        return self._width
-
-    @property
-    def height(self) -> int:
-        return self._height
-
-    @property
-    def fps(self) -> float:
-        return self._fps
 
     def push(self, frame: npt.NDArray[np.generic]) -> None:
         """Offer a frame (HxWx3 uint8 RGB); it replaces one not yet consumed."""
@@ -166,7 +162,7 @@ class ArraySource:
             yield frame
 
 
-class FileSource:
+class FileSource(_Geometry):
     """Frames of a video file, decoded by PyAV in a worker thread, looped.
 
     Decoding stays off the event loop: a long GOP must not stall signaling.
@@ -187,18 +183,6 @@ class FileSource:
         native = float(Fraction(rate)) if rate else 30.0
         self._fps = float(fps) if fps is not None else min(60.0, max(1.0, native))
         self._loop = loop
-
-    @property
-    def width(self) -> int:
-        return self._width
-
-    @property
-    def height(self) -> int:
-        return self._height
-
-    @property
-    def fps(self) -> float:
-        return self._fps
 
     def _decode(self) -> Generator[Frame, None, None]:
         while True:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Final
@@ -72,6 +73,9 @@ EventCallback = Callable[[Event], object]
 EVENT_BACKLOG: Final = 10_000
 
 
+TIMELINE_LENGTH: Final = 1024
+
+
 @attrs.frozen
 class Milestone:
     """A step of a connect attempt, for timelines (``at``: ``anyio.current_time()``)."""
@@ -125,7 +129,8 @@ class Session:
         self._last_request = 0
         self._streams: set[AttemptId] = set()
         self._first_frame: set[AttemptId] = set()
-        self._timeline: list[Milestone] = []
+        # The newest milestones only: every request adds one, and a session may last hours.
+        self._timeline: deque[Milestone] = deque(maxlen=TIMELINE_LENGTH)
         self._crash: BaseException | None = None
         self._closed = False
         self.started_at = anyio.current_time()
@@ -159,7 +164,8 @@ class Session:
 
     @property
     def timeline(self) -> list[Milestone]:
-        """Milestones of every attempt so far, oldest first (no secrets)."""
+        """Milestones of the attempts so far, oldest first (no secrets); the
+        newest ``TIMELINE_LENGTH`` of them in a long session."""
         return list(self._timeline)
 
     @property

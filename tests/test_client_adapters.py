@@ -55,6 +55,7 @@ from leanjoin.adapters import (
     connect,
     image_to_base64,
 )
+from leanjoin.adapters.api import TIMELINE_LENGTH
 from leanjoin.adapters.driver import Driver
 from leanjoin.adapters.echo_model import decode_reference, echo_transform
 from leanjoin.adapters.fanout import Fanout
@@ -1133,3 +1134,22 @@ def test_bad_arguments_fail_before_anything_opens() -> None:
             MediaOptions(codec="av1")  # type: ignore[arg-type]
 
     anyio.run(main)
+
+
+async def test_a_long_session_keeps_a_bounded_timeline(lk: LiveKitDouble) -> None:
+    """Every request adds a milestone; hours of prompts must not grow the session."""
+    async with (
+        FakeSignaling(lambda peer: healthy(peer, lk)) as server,
+        connect(
+            server.url,
+            api_key=API_KEY,
+            model="echo",
+            camera=small_camera(),
+            timeouts=fast_timeouts(),
+        ) as session,
+    ):
+        for number in range(TIMELINE_LENGTH + 40):
+            await session.set_prompt(f"prompt {number}")
+        timeline = session.timeline
+    assert len(timeline) == TIMELINE_LENGTH
+    assert timeline[-1].name == "request_sent"  # the newest are the ones kept

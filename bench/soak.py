@@ -100,6 +100,13 @@ class Tally:
         elif isinstance(event, ErrorOccurred):
             self.errors[f"{event.kind.value}{' (fatal)' if event.fatal else ''}"] += 1
 
+    def census(self) -> collections.Counter[str]:
+        """Live objects by type: which of them grow is where memory goes."""
+        gc.collect()
+        return collections.Counter(
+            f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects()
+        )
+
     def sample(self) -> Sample:
         gc.collect()  # count live objects, not garbage awaiting a collection
         taken = Sample(
@@ -201,6 +208,19 @@ async def take_samples(tally: Tally, every: float, until: float) -> None:
         tally.sample()
 
 
+async def take_census(tally: Tally, warm_up: float, until: float) -> None:
+    """Count objects by type after the warm-up and near the end; print the growth."""
+    await anyio.sleep(warm_up)
+    before = tally.census()
+    await anyio.sleep(max(0.0, until - anyio.current_time() - 1.0))
+    growth = tally.census()
+    growth.subtract(before)
+    print("objects that grew after the warm-up (type: count):", flush=True)
+    for name, count in growth.most_common(15):
+        if count > 0:
+            print(f"  {count:7d}  {name}", flush=True)
+
+
 async def soak(args: argparse.Namespace) -> Tally:
     tally = Tally()
     async with (
@@ -220,6 +240,8 @@ async def soak(args: argparse.Namespace) -> Tally:
         async with anyio.create_task_group() as tg:
             tg.start_soon(count_frames, session, tally)
             tg.start_soon(take_samples, tally, args.sample_every, until)
+            if args.census:
+                tg.start_soon(take_census, tally, args.census, until)
             tg.start_soon(force_reconnects, server, session, tally, args.reconnect_every, until)
             await change_prompts(session, tally, args.prompt_every, until)
             tg.cancel_scope.cancel()
@@ -236,6 +258,13 @@ def main() -> None:
     )
     parser.add_argument("--sample-every", type=float, default=30.0, help="seconds (default 30)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON too")
+    parser.add_argument(
+        "--census",
+        type=float,
+        default=0.0,
+        metavar="WARM_UP_S",
+        help="after this warm-up, count live objects by type; print what grew by the end",
+    )
     args = parser.parse_args()
     wall = time.monotonic()
     tally = anyio.run(soak, args)

@@ -66,9 +66,8 @@ async def assert_nothing_left(lk: LiveKitDouble | None = None, *rooms: str) -> N
 
 
 def rooms_of(server: ReferenceServer) -> list[RoomHandle]:
-    """Every room the double made (it has no public list; tests may look inside)."""
-    rooms: dict[str, RoomHandle] = vars(server.livekit).get("_rooms", {})
-    return list(rooms.values())
+    """Every room the server's LiveKit double made."""
+    return list(server.livekit.rooms)
 
 
 async def server_idle(server: ReferenceServer, *rooms: str | None) -> None:

@@ -115,6 +115,11 @@ class LiveKitDouble:
             self._api_key, self.__secret, room=room, identity=identity, ttl_seconds=ttl_seconds
         )
 
+    @property
+    def rooms(self) -> tuple[RoomHandle, ...]:
+        """Every room made so far, for inspection (the double never forgets one)."""
+        return tuple(self._rooms.values())
+
     def room(self, name: str) -> RoomHandle:
         """The room called ``name``, created on first use."""
         handle = self._rooms.get(name)

@@ -6,13 +6,13 @@ All values are plain data validated at construction (misuse raises
 
 from __future__ import annotations
 
-import math
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlencode, urlsplit
 
 import attrs
 
 from .messages import ABSENT, Absent, ClientCapabilities, Prompt, SetImage
+from .validators import at_least, count, positive, positive_or_none
 
 PERMANENT_ERROR_MARKERS: Final = (
     "permission denied",
@@ -24,26 +24,16 @@ PERMANENT_ERROR_MARKERS: Final = (
 )
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
-
-
-def _positive_or_none(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None:
-        _positive(_inst, attribute, value)
-
-
 @attrs.frozen
 class RetryPolicy:
     """Exponential backoff for failed connect attempts (protocol-facts: up to 5
     retries, factor 2 from 1 s, capped at 10 s). Errors whose text contains a
     permanent marker are never retried."""
 
-    max_retries: int = attrs.field(default=5, validator=attrs.validators.ge(0))
-    initial_delay: float = attrs.field(default=1.0, validator=_positive)
-    factor: float = attrs.field(default=2.0, validator=attrs.validators.ge(1.0))
-    max_delay: float = attrs.field(default=10.0, validator=_positive)
+    max_retries: int = attrs.field(default=5, validator=count(0))
+    initial_delay: float = attrs.field(default=1.0, validator=positive)
+    factor: float = attrs.field(default=2.0, validator=at_least(1.0))
+    max_delay: float = attrs.field(default=10.0, validator=positive)
     permanent_markers: tuple[str, ...] = PERMANENT_ERROR_MARKERS
 
     def delay(self, retry: int) -> float:
@@ -63,14 +53,14 @@ class Timeouts:
     unbounded) the whole wait. ``connect`` bounds one connect or reconnect,
     retries included, queue time excluded."""
 
-    socket_open: float = attrs.field(default=60.0, validator=_positive)
-    room_info: float = attrs.field(default=15.0, validator=_positive)
-    queue_silence: float | None = attrs.field(default=60.0, validator=_positive_or_none)
-    max_queue_wait: float | None = attrs.field(default=None, validator=_positive_or_none)
-    media: float = attrs.field(default=30.0, validator=_positive)
-    initial_state_ack: float = attrs.field(default=30.0, validator=_positive)
-    request_ack: float = attrs.field(default=30.0, validator=_positive)
-    connect: float = attrs.field(default=300.0, validator=_positive)
+    socket_open: float = attrs.field(default=60.0, validator=positive)
+    room_info: float = attrs.field(default=15.0, validator=positive)
+    queue_silence: float | None = attrs.field(default=60.0, validator=positive_or_none)
+    max_queue_wait: float | None = attrs.field(default=None, validator=positive_or_none)
+    media: float = attrs.field(default=30.0, validator=positive)
+    initial_state_ack: float = attrs.field(default=30.0, validator=positive)
+    request_ack: float = attrs.field(default=30.0, validator=positive)
+    connect: float = attrs.field(default=300.0, validator=positive)
 
 
 def _ws_url(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -99,7 +89,7 @@ class SessionConfig:
     client_capabilities: ClientCapabilities | Absent = ABSENT
     timeouts: Timeouts = Timeouts()
     retry: RetryPolicy = RetryPolicy()
-    max_frame_bytes: int = attrs.field(default=1 << 20, validator=attrs.validators.ge(1024))
+    max_frame_bytes: int = attrs.field(default=1 << 20, validator=count(1024))
 
     # Built once: every attempt opens the same URL.
     _urls: tuple[str, str] = attrs.field(init=False, repr=False, eq=False)

@@ -12,10 +12,11 @@ the command line shows.
 from __future__ import annotations
 
 import enum
-import math
-from typing import Any, Final
+from typing import Final
 
 import attrs
+
+from .validators import count, non_negative, positive, positive_or_none
 
 
 class FaultPhase(enum.Enum):
@@ -36,32 +37,6 @@ class AckDrop(enum.Enum):
     ALL = "all"
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _non_negative(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (_number(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
-
-
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None and attribute.default is None:
-        return
-    if not (_number(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
-
-
-def _count(minimum: int) -> Any:
-    def check(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-        if value is None and attribute.default is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{attribute.name} must be an integer >= {minimum}, got {value!r}")
-
-    return check
-
-
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
@@ -78,45 +53,45 @@ class ServerKnobs:
     # ---- admission (engine/admission.py) ----
     capacity: int = attrs.field(
         default=8,
-        validator=_count(0),
+        validator=count(0),
         metadata=_help("sessions admitted at once; the rest queue (FIFO)"),
     )
     admissions_per_second: float | None = attrs.field(
         default=None,
-        validator=_positive,
+        validator=positive_or_none,
         metadata=_help("admission rate limit (default: unlimited)"),
     )
     max_queue: int | None = attrs.field(
         default=None,
-        validator=_count(0),
+        validator=count(0, optional=True),
         metadata=_help("queue length limit; a join beyond it is refused (default: unbounded)"),
     )
     # ---- session timing (engine) ----
     room_info_delay: float = attrs.field(
         default=0.0,
-        validator=_non_negative,
+        validator=non_negative,
         metadata=_help("seconds between admission and livekit_room_info"),
     )
     reference_processing_time: float = attrs.field(
         default=0.0,
-        validator=_non_negative,
+        validator=non_negative,
         metadata=_help("seconds spent applying a decoded reference image"),
     )
     ack_delay: float = attrs.field(
         default=0.0,
-        validator=_non_negative,
+        validator=non_negative,
         metadata=_help("seconds between applying a request and sending its ack"),
     )
     initial_state_timeout: float = attrs.field(
         default=30.0,
-        validator=_positive,
+        validator=positive,
         metadata=_help(
             "seconds to wait for the initial-state frame after a passthrough=false join"
         ),
     )
     tick_interval: float = attrs.field(
         default=1.0,
-        validator=_positive,
+        validator=positive,
         metadata=_help("seconds between generation_tick frames"),
     )
     # ---- injected faults (engine) ----
@@ -145,45 +120,45 @@ class ServerKnobs:
     )
     fault_connections: int | None = attrs.field(
         default=None,
-        validator=_count(0),
+        validator=count(0, optional=True),
         metadata=_help("inject faults into the first N connections only (default: all)"),
     )
     # ---- limits against hostile peers (engine) ----
     max_frame_bytes: int = attrs.field(
-        default=8 * MIB, validator=_count(1024), metadata=_help("largest accepted frame, in bytes")
+        default=8 * MIB, validator=count(1024), metadata=_help("largest accepted frame, in bytes")
     )
     max_reference_bytes: int = attrs.field(
         default=6 * MIB,
-        validator=_count(1),
+        validator=count(1),
         metadata=_help("largest accepted reference image, decoded, in bytes"),
     )
     max_pending_requests: int = attrs.field(
         default=16,
-        validator=_count(1),
+        validator=count(1),
         metadata=_help("requests awaiting their ack, per session"),
     )
     frame_rate: float = attrs.field(
         default=50.0,
-        validator=_positive,
+        validator=positive,
         metadata=_help("sustained frames per second a client may send"),
     )
     frame_burst: int = attrs.field(
-        default=100, validator=_count(1), metadata=_help("frames a client may send in one burst")
+        default=100, validator=count(1), metadata=_help("frames a client may send in one burst")
     )
     max_bad_frames: int = attrs.field(
         default=8,
-        validator=_count(0),
+        validator=count(0),
         metadata=_help("malformed frames answered with an error before the server closes"),
     )
     # ---- adapter only ----
     uplink_bytes_per_second: float | None = attrs.field(
         default=None,
-        validator=_positive,
+        validator=positive_or_none,
         metadata=_help("simulated uplink of the signaling socket, bytes/s (default: unlimited)"),
     )
     media_setup_delay: float = attrs.field(
         default=0.0,
-        validator=_non_negative,
+        validator=non_negative,
         metadata=_help("seconds the LiveKit double waits before answering a room join"),
     )
     refuse_media: bool = attrs.field(

@@ -1,0 +1,56 @@
+"""Both engines' configurations refuse bad values, naming the field."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from leanjoin.engine.config import RetryPolicy, SessionConfig, Timeouts
+from leanjoin.engine.server_config import ServerKnobs
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda v: Timeouts(room_info=v), "room_info"),
+        (lambda v: Timeouts(queue_silence=v), "queue_silence"),
+        (lambda v: RetryPolicy(initial_delay=v), "initial_delay"),
+        (lambda v: ServerKnobs(tick_interval=v), "tick_interval"),
+        (lambda v: ServerKnobs(uplink_bytes_per_second=v), "uplink_bytes_per_second"),
+    ],
+)
+@pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf, True, "5"])
+def test_positive_fields_refuse_what_is_not_a_positive_number(
+    make: Any, field: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        make(value)
+
+
+def test_none_only_where_it_means_something() -> None:
+    assert Timeouts(queue_silence=None, max_queue_wait=None).queue_silence is None
+    assert (
+        ServerKnobs(max_queue=None, fault_connections=None, admissions_per_second=None).max_queue
+        is None
+    )
+    with pytest.raises(ValueError, match="room_info"):
+        Timeouts(room_info=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="capacity"):
+        ServerKnobs(capacity=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RetryPolicy(max_retries=True),
+        lambda: RetryPolicy(max_retries=1.5),  # type: ignore[arg-type]
+        lambda: RetryPolicy(factor=0.5),
+        lambda: ServerKnobs(max_queue=-1),
+        lambda: SessionConfig(url="ws://h/v1/stream", api_key="k", model="m", max_frame_bytes=10),
+    ],
+)
+def test_counts_and_bounds(make: Any) -> None:
+    with pytest.raises(ValueError):
+        make()

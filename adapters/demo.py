@@ -21,12 +21,11 @@ import anyio
 import anyio.to_thread
 import attrs
 import numpy as np
-import numpy.typing as npt
 
 from leanjoin.engine.outputs import ErrorOccurred, Event, GenerationTicked, InitialStateAcked
 
 from .api import Session, connect
-from .echo_model import Colour, mean_colour, prompt_colour
+from .echo_model import Colour, colours_close, mean_colour, output_bands, prompt_colour
 from .errors import LeanJoinError
 from .png import encode_png, write_png
 from .room_transport import MediaOptions
@@ -69,27 +68,12 @@ def reference_image(size: int = 96) -> Frame:
     return image
 
 
-def band_colours(frame: Frame) -> tuple[Colour, Colour]:
-    """Median colours of the top and bottom quarter of an output frame."""
-    band = frame.shape[0] // 4
-
-    def median(region: npt.NDArray[np.uint8]) -> Colour:
-        r, g, b = (int(v) for v in np.median(region.reshape(-1, 3), axis=0))
-        return (r, g, b)
-
-    return median(frame[:band]), median(frame[frame.shape[0] - band :])
-
-
 def _check(frame: Frame, prompt: str, reference: Frame) -> str:
-    top, bottom = band_colours(frame)
+    top, bottom = output_bands(frame)
     return (
         f"prompt {prompt!r}: top band {top} ~ expected {prompt_colour(prompt)}; "
         f"reference: bottom band {bottom} ~ expected {mean_colour(reference)}"
     )
-
-
-def close(a: Colour, b: Colour, tolerance: int = TOLERANCE) -> bool:
-    return max(abs(x - y) for x, y in zip(a, b, strict=True)) <= tolerance
 
 
 async def _frame_showing(session: Session, top: Colour, bottom: Colour, what: str) -> Frame:
@@ -97,8 +81,10 @@ async def _frame_showing(session: Session, top: Colour, bottom: Colour, what: st
     try:
         with anyio.fail_after(STEP_TIMEOUT):
             async for frame in session.frames():
-                last = band_colours(frame)
-                if close(last[0], top) and close(last[1], bottom):
+                last = output_bands(frame)
+                if colours_close(last[0], top, TOLERANCE) and colours_close(
+                    last[1], bottom, TOLERANCE
+                ):
                     return frame
     except TimeoutError:
         pass

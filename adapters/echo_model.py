@@ -46,6 +46,23 @@ def mean_colour(img: npt.NDArray[np.generic]) -> Colour:
     return (r, g, b)
 
 
+def output_bands(frame: Frame) -> tuple[Colour, Colour]:
+    """The colours an output frame shows in its top (prompt) and bottom
+    (reference) bands: medians, which ignore codec ringing at the edges."""
+    band = frame.shape[0] // 4
+
+    def median(region: npt.NDArray[np.uint8]) -> Colour:
+        r, g, b = (int(v) for v in np.median(region.reshape(-1, 3), axis=0))
+        return (r, g, b)
+
+    return median(frame[:band]), median(frame[frame.shape[0] - band :])
+
+
+def colours_close(a: Colour, b: Colour, tolerance: int) -> bool:
+    """Whether two colours differ by at most ``tolerance`` in every channel."""
+    return max(abs(x - y) for x, y in zip(a, b, strict=True)) <= tolerance
+
+
 def echo_transform(
     frame: Frame,
     *,

@@ -52,8 +52,15 @@ import attrs
 import numpy as np
 
 from leanjoin.adapters.api import Session, connect
-from leanjoin.adapters.demo import TOLERANCE, band_colours, close
-from leanjoin.adapters.echo_model import Colour, decode_reference, mean_colour, prompt_colour
+from leanjoin.adapters.demo import TOLERANCE
+from leanjoin.adapters.echo_model import (
+    Colour,
+    colours_close,
+    decode_reference,
+    mean_colour,
+    output_bands,
+    prompt_colour,
+)
 from leanjoin.adapters.png import encode_png
 from leanjoin.adapters.video_sources import TestPattern
 
@@ -220,8 +227,10 @@ async def run_leanjoin(url: str, key: str, reference: Reference) -> Run:
                 async for frame in session.frames():
                     now = anyio.current_time() - t0
                     seen += 1
-                    up, down = band_colours(frame)
-                    if close(up, top) and (bottom is None or close(down, bottom)):
+                    up, down = output_bands(frame)
+                    if colours_close(up, top, TOLERANCE) and (
+                        bottom is None or colours_close(down, bottom, TOLERANCE)
+                    ):
                         # The very first frame may have waited in the backlog for this
                         # iterator: its arrival is the first_output_frame milestone.
                         noted = _milestone(session, "first_output_frame", t0)

@@ -12,7 +12,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection
 
 from leanjoin.adapters import Session
-from leanjoin.adapters.echo_model import prompt_colour
+from leanjoin.adapters.echo_model import colours_close, output_bands, prompt_colour
 from leanjoin.adapters.lkdouble import LiveKitDouble, RoomHandle
 from leanjoin.adapters.server import ReferenceServer
 
@@ -76,8 +76,7 @@ async def server_idle(server: ReferenceServer, *rooms: str | None) -> None:
     await until(lambda: server.connections == 0)
 
 
-def colour_close(pixel: np.ndarray[Any, Any], colour: tuple[int, int, int], tol: int = 16) -> bool:
-    return all(abs(int(pixel[i]) - colour[i]) <= tol for i in range(3))
+BAND_TOLERANCE = 16  # tighter than the demo's 24: the tests' frames are steady
 
 
 async def frame_with_band(session: Session, prompt: str) -> np.ndarray[Any, Any]:
@@ -85,7 +84,6 @@ async def frame_with_band(session: Session, prompt: str) -> np.ndarray[Any, Any]
     colour = prompt_colour(prompt)
     with anyio.fail_after(WAIT):
         async for out in session.frames():
-            band = out[: out.shape[0] // 4]
-            if colour_close(np.median(band.reshape(-1, 3), axis=0), colour):
+            if colours_close(output_bands(out)[0], colour, BAND_TOLERANCE):
                 return out
     raise AssertionError("frames ended before the prompt showed")

@@ -20,7 +20,7 @@ import anyio
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from client_helpers import WAIT, colour_close, frame_with_band, rooms_of, server_idle, until
+from client_helpers import BAND_TOLERANCE, WAIT, frame_with_band, rooms_of, server_idle, until
 
 from leanjoin.adapters import (
     ConnectFailed,
@@ -40,7 +40,7 @@ from leanjoin.adapters import (
     connect,
 )
 from leanjoin.adapters.cli import main
-from leanjoin.adapters.echo_model import decode_reference, mean_colour
+from leanjoin.adapters.echo_model import colours_close, decode_reference, mean_colour, output_bands
 from leanjoin.adapters.png import encode_png
 from leanjoin.adapters.server import ReferenceServer
 from leanjoin.engine.server_config import FaultPhase, ServerKnobs
@@ -81,12 +81,6 @@ async def output_frame(session: Session, check: Callable[[np.ndarray[Any, Any]],
     raise AssertionError("the session ended before the output passed the check")
 
 
-def bottom(frame: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    band = frame.shape[0] // 4
-    median: np.ndarray[Any, Any] = np.median(frame[frame.shape[0] - band :].reshape(-1, 3), axis=0)
-    return median
-
-
 # ---- what a session carries ----------------------------------------------------------
 
 
@@ -99,9 +93,14 @@ async def test_image_and_prompt_reach_the_model(server: ReferenceServer) -> None
         **session_args(server, events),
     ) as session:
         frame = await frame_with_band(session, "a castle in the clouds")
-        await output_frame(session, lambda f: colour_close(bottom(f), mean_colour(REFERENCE)))
+        await output_frame(
+            session,
+            lambda f: colours_close(output_bands(f)[1], mean_colour(REFERENCE), BAND_TOLERANCE),
+        )
         await session.set_image(np.full((32, 32, 3), (60, 160, 200), dtype=np.uint8))
-        await output_frame(session, lambda f: colour_close(bottom(f), (60, 160, 200)))
+        await output_frame(
+            session, lambda f: colours_close(output_bands(f)[1], (60, 160, 200), BAND_TOLERANCE)
+        )
         room = session.room_name
     assert frame.shape == (240, 320, 3)
     assert any(isinstance(e, InitialStateAcked) for e in events)

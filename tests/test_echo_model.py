@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from leanjoin.adapters.echo_model import (
+    colours_close,
     decode_reference,
     echo_transform,
     mean_colour,
+    output_bands,
     prompt_colour,
 )
 
@@ -138,3 +140,13 @@ def test_decode_reference(codec: str) -> None:
 def test_decode_reference_rejects_garbage(data: bytes) -> None:
     with pytest.raises(ValueError, match="reference image"):
         decode_reference(data)
+
+
+def test_output_bands_read_back_what_the_model_drew() -> None:
+    camera = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    reference = np.full((8, 8, 3), (200, 100, 50), dtype=np.uint8)
+    out = echo_transform(camera, prompt="ink", reference=reference, passthrough=False)
+    assert out is not None
+    assert output_bands(out) == (prompt_colour("ink"), (200, 100, 50))
+    assert colours_close((10, 20, 30), (14, 16, 30), 4)
+    assert not colours_close((10, 20, 30), (15, 20, 30), 4)

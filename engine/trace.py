@@ -114,14 +114,18 @@ def replay(records: Iterable[Mapping[str, Any]]) -> list[Mismatch]:
     return mismatches
 
 
-def record_step(session: ClientSession, item: inputs.Input | None, now: float) -> dict[str, Any]:
-    """Run one step on ``session`` and return it as a trace record."""
-    produced: list[outputs.Output]
-    if item is None:
-        produced = session.handle_timer(now)
-        step: dict[str, Any] = {"at": now, "timer": True}
-    else:
-        produced = session.handle(item, now)
-        step = {"at": now, "input": to_record(item)}
+def step_record(
+    item: inputs.Input | None, now: float, produced: Iterable[outputs.Output]
+) -> dict[str, Any]:
+    """One step (an input, or the timer when ``item`` is None) as a trace record."""
+    step: dict[str, Any] = (
+        {"at": now, "timer": True} if item is None else {"at": now, "input": to_record(item)}
+    )
     step["expect"] = [to_record(output) for output in produced]
     return step
+
+
+def record_step(session: ClientSession, item: inputs.Input | None, now: float) -> dict[str, Any]:
+    """Run one step on ``session`` and return it as a trace record."""
+    produced = session.handle_timer(now) if item is None else session.handle(item, now)
+    return step_record(item, now, produced)

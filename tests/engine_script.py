@@ -47,6 +47,8 @@ class Script:
         self.monitor = InvariantMonitor(self.session)
         self.now = 0.0
         self.log: list[Output] = []
+        # Every step as (input or None for the timer, time, outputs): traces are made of these.
+        self.steps: list[tuple[Input | None, float, list[Output]]] = []
 
     @property
     def attempt(self) -> AttemptId:
@@ -57,6 +59,7 @@ class Script:
     def feed(self, item: Input) -> list[Output]:
         outputs = self.monitor.step(item, self.now)
         self.log.extend(outputs)
+        self.steps.append((item, self.now, outputs))
         return outputs
 
     def wait(self, seconds: float) -> list[Output]:
@@ -67,8 +70,9 @@ class Script:
             self.now = max(self.now, timer)
             step = self.monitor.step(None, self.now)
             self.log.extend(step)
+            self.steps.append((None, self.now, step))
             outputs.extend(step)
-        self.now = end
+        self.now = round(end, 6)  # a decimal clock, not float sums (0.30000000000000004)
         return outputs
 
     def server(self, **fields: Any) -> list[Output]:

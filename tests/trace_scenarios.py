@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from leanjoin.engine.client import ClientSession
+from engine_script import Script
+
 from leanjoin.engine.config import InitialState, SessionConfig, Timeouts
 from leanjoin.engine.inputs import (
     AttemptId,
@@ -30,7 +31,8 @@ from leanjoin.engine.inputs import (
     SocketOpenFailed,
     TracksPublished,
 )
-from leanjoin.engine.trace import record_step, to_record
+from leanjoin.engine.outputs import Output
+from leanjoin.engine.trace import step_record, to_record
 
 TRACES = Path(__file__).resolve().parents[1] / "specs" / "traces"
 CONFIG = SessionConfig(
@@ -51,34 +53,24 @@ ROOM_INFO = json.dumps(
 )
 
 
-class Recorder:
+class Recorder(Script):
+    """A Script (every step checked by the invariant monitor) that becomes a trace."""
+
     def __init__(self, name: str, rule: str) -> None:
-        self.session = ClientSession(CONFIG)
-        self.now = 0.0
-        self.records: list[dict[str, Any]] = [
-            {"trace": name, "rule": rule, "config": to_record(CONFIG)}
-        ]
+        super().__init__(CONFIG)
+        self.header = {"trace": name, "rule": rule, "config": to_record(CONFIG)}
 
     @property
-    def attempt(self) -> AttemptId:
-        attempt = self.session.attempt
-        assert attempt is not None
-        return attempt
+    def records(self) -> list[dict[str, Any]]:
+        return [self.header, *(step_record(item, now, out) for item, now, out in self.steps)]
 
-    def feed(self, item: Input, after: float = 0.1) -> None:
+    def feed(self, item: Input, after: float = 0.1) -> list[Output]:
         self.wait(after)
-        self.records.append(record_step(self.session, item, self.now))
+        return super().feed(item)
 
     def frame(self, after: float = 0.1, **fields: Any) -> None:
         self.wait(after)  # first: a deadline on the way may start a new attempt
         self.feed(FrameReceived(self.attempt, json.dumps(fields)), 0.0)
-
-    def wait(self, seconds: float) -> None:
-        end = self.now + seconds
-        while (timer := self.session.get_timer()) is not None and timer <= end:
-            self.now = max(self.now, timer)
-            self.records.append(record_step(self.session, None, self.now))
-        self.now = round(end, 6)
 
     def connected(self, initial: InitialState = IMAGE) -> None:
         self.feed(Connect(initial), after=0.0)

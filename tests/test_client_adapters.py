@@ -11,6 +11,7 @@ import base64
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -55,7 +56,7 @@ from leanjoin.adapters import (
     connect,
     image_to_base64,
 )
-from leanjoin.adapters.api import TIMELINE_LENGTH
+from leanjoin.adapters.api import TIMELINE_LENGTH, Session
 from leanjoin.adapters.driver import Driver
 from leanjoin.adapters.echo_model import decode_reference, echo_transform
 from leanjoin.adapters.fanout import Fanout
@@ -309,6 +310,12 @@ async def lk() -> AsyncIterator[LiveKitDouble]:
 # =========================================================================================
 # The WebSocket adapter on its own
 # =========================================================================================
+
+
+def fake_connect(url: str, **options: Any) -> AbstractAsyncContextManager[Session]:
+    """``connect`` with what every test here passes: the test key, the echo model
+    and a small synthetic camera."""
+    return connect(url, api_key=API_KEY, model="echo", camera=small_camera(), **options)
 
 
 async def test_socket_reports_open_frames_and_the_peers_close() -> None:
@@ -636,12 +643,9 @@ async def test_connect_runs_the_lean_join_and_the_output_follows_the_prompt(
 ) -> None:
     seen: list[Event] = []
     async with FakeSignaling(lambda peer: healthy(peer, lk)) as server:
-        async with connect(
+        async with fake_connect(
             server.url,
-            api_key=API_KEY,
-            model="echo",
             prompt="a red fox",
-            camera=small_camera(),
             timeouts=fast_timeouts(),
             on_event=seen.append,
         ) as session:
@@ -674,11 +678,8 @@ async def test_events_raised_while_connecting_are_delivered_to_the_iterator(
 ) -> None:
     async with (
         FakeSignaling(lambda peer: healthy(peer, lk, queue_updates=2)) as server,
-        connect(
+        fake_connect(
             server.url,
-            api_key=API_KEY,
-            model="echo",
-            camera=small_camera(),
             timeouts=fast_timeouts(),
         ) as session,
     ):
@@ -698,12 +699,9 @@ async def test_events_raised_while_connecting_are_delivered_to_the_iterator(
 async def test_rejected_requests_raise_and_the_session_stays_up(lk: LiveKitDouble) -> None:
     async with (
         FakeSignaling(lambda peer: healthy(peer, lk, reject_requests=True)) as server,
-        connect(
+        fake_connect(
             server.url,
-            api_key=API_KEY,
-            model="echo",
             image=_png_bytes(),
-            camera=small_camera(),
             timeouts=fast_timeouts(),
         ) as session,
     ):
@@ -731,11 +729,8 @@ async def test_an_unanswered_request_times_out_and_a_late_ack_is_ignored(
 
     async with (
         FakeSignaling(script) as server,
-        connect(
+        fake_connect(
             server.url,
-            api_key=API_KEY,
-            model="echo",
-            camera=small_camera(),
             timeouts=fast_timeouts(request_ack=0.3),
         ) as session,
     ):
@@ -755,12 +750,9 @@ async def test_a_queue_longer_than_the_room_info_timeout_does_not_retry(
     script = lambda peer: healthy(peer, lk, queue_updates=6, queue_interval=0.1)  # noqa: E731
     async with (
         FakeSignaling(script) as server,
-        connect(
+        fake_connect(
             server.url,
-            api_key=API_KEY,
-            model="echo",
             prompt="patience",
-            camera=small_camera(),
             timeouts=fast_timeouts(room_info=0.2, initial_state_ack=0.2),
             retry=quick_retry(),
             on_event=seen.append,
@@ -779,12 +771,9 @@ async def test_an_ack_before_room_info_is_claimed_after_it(lk: LiveKitDouble) ->
     seen: list[Event] = []
     async with (
         FakeSignaling(lambda peer: healthy(peer, lk, ack_early=True)) as server,
-        connect(
+        fake_connect(
             server.url,
-            api_key=API_KEY,
-            model="echo",
             prompt="early",
-            camera=small_camera(),
             timeouts=fast_timeouts(),
             on_event=seen.append,
         ),
@@ -809,12 +798,9 @@ async def test_a_silent_server_is_retried_and_the_stale_attempt_never_speaks(
     seen: list[Event] = []
     async with (
         FakeSignaling(script) as server,
-        connect(
+        fake_connect(
             server.url,
-            api_key=API_KEY,
-            model="echo",
             prompt="again",
-            camera=small_camera(),
             timeouts=fast_timeouts(room_info=0.3),
             retry=quick_retry(),
             on_event=seen.append,
@@ -861,12 +847,9 @@ async def test_a_failed_initial_state_send_fails_the_attempt_before_any_room(
     seen: list[Event] = []
     async with (
         FakeSignaling(script) as server,
-        connect(
+        fake_connect(
             server.url,
-            api_key=API_KEY,
-            model="echo",
             prompt="must arrive",
-            camera=small_camera(),
             timeouts=fast_timeouts(),
             retry=quick_retry(),
             on_event=seen.append,
@@ -888,12 +871,9 @@ async def test_a_permanent_error_fails_connect_with_its_kind_and_leaves_nothing(
     seen: list[Event] = []
     async with FakeSignaling(script) as server:
         with anyio.fail_after(WAIT), pytest.raises(ConnectFailed) as caught:
-            async with connect(
+            async with fake_connect(
                 server.url,
-                api_key=API_KEY,
-                model="echo",
                 prompt="x",
-                camera=small_camera(),
                 retry=quick_retry(),
                 on_event=seen.append,
             ):
@@ -916,11 +896,8 @@ async def test_the_socket_open_timeout_retries_then_gives_up() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, silent)
         with anyio.fail_after(WAIT), pytest.raises(ConnectFailed) as caught:
-            async with connect(
+            async with fake_connect(
                 f"ws://127.0.0.1:{port}/v1/stream",
-                api_key=API_KEY,
-                model="echo",
-                camera=small_camera(),
                 timeouts=fast_timeouts(socket_open=0.2),
                 retry=quick_retry(max_retries=2),
                 on_event=seen.append,
@@ -943,12 +920,9 @@ async def test_room_loss_reconnects_and_replays_the_initial_state(lk: LiveKitDou
     seen: list[Event] = []
     async with (
         FakeSignaling(script) as server,
-        connect(
+        fake_connect(
             server.url,
-            api_key=API_KEY,
-            model="echo",
             prompt="first",
-            camera=small_camera(),
             timeouts=fast_timeouts(),
             retry=quick_retry(),
             on_event=seen.append,
@@ -986,11 +960,8 @@ async def test_an_abandoned_room_connect_is_disconnected_when_it_completes() -> 
         seen: list[Event] = []
         async with FakeSignaling(script) as server:
             with anyio.fail_after(WAIT * 2), pytest.raises(ConnectFailed) as caught:
-                async with connect(
+                async with fake_connect(
                     server.url,
-                    api_key=API_KEY,
-                    model="echo",
-                    camera=small_camera(),
                     timeouts=fast_timeouts(media=0.3),
                     retry=quick_retry(max_retries=1),
                     on_event=seen.append,
@@ -1007,11 +978,8 @@ async def _cancel_connect_once(
     """Start connect(), cancel it once ``reached`` is set."""
 
     async def run() -> None:
-        async with connect(
+        async with fake_connect(
             url,
-            api_key=API_KEY,
-            model="echo",
-            camera=small_camera(),
             timeouts=fast_timeouts(),
             retry=RetryPolicy(initial_delay=30),
             on_event=watch,
@@ -1140,11 +1108,8 @@ async def test_a_long_session_keeps_a_bounded_timeline(lk: LiveKitDouble) -> Non
     """Every request adds a milestone; hours of prompts must not grow the session."""
     async with (
         FakeSignaling(lambda peer: healthy(peer, lk)) as server,
-        connect(
+        fake_connect(
             server.url,
-            api_key=API_KEY,
-            model="echo",
-            camera=small_camera(),
             timeouts=fast_timeouts(),
         ) as session,
     ):

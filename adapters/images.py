@@ -23,6 +23,8 @@ from urllib.parse import unquote_to_bytes
 import numpy as np
 import numpy.typing as npt
 
+from leanjoin.engine.codec import Base64Text
+
 from .errors import ImageError, UnsupportedImageSource
 from .png import encode_png
 
@@ -58,7 +60,7 @@ def _encode(data: bytes, max_bytes: int) -> str:
         raise ImageError("the image is empty")
     if len(data) > max_bytes:
         raise ImageError(f"the image is {len(data)} bytes, more than the {max_bytes} allowed")
-    return base64.b64encode(data).decode("ascii")
+    return Base64Text(data)
 
 
 def _read_file(path: Path, max_bytes: int) -> bytes:

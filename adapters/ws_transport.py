@@ -10,7 +10,10 @@ One :class:`SignalSocket` per ``OpenSocket`` effect. Its task opens the socket
 
 Reading never waits on a write: the initial-state frame (often megabytes) is
 written by the writer task while the reader keeps taking ``queue_position``
-and ``livekit_room_info``. ``send`` and ``close`` are synchronous so the engine's
+and ``livekit_room_info``. A frame over ``FRAGMENT_ABOVE`` characters goes out
+as a fragmented message, yielding between fragments, so handling the
+``livekit_room_info`` that arrives mid-upload (and starting the room join) waits
+for one fragment, not for the whole frame to be framed and copied. ``send`` and ``close`` are synchronous so the engine's
 task can perform effects without awaiting anything.
 
 The URL carries the api key: it is never logged, and failure reasons are
@@ -22,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Final, Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -50,6 +53,8 @@ Post = Callable[[Input], None]
 Trace = Callable[[AttemptId, str], None]
 
 USER_AGENT: Final = "leanjoin/0.1 (websockets)"
+FRAGMENT_ABOVE: Final = 1 << 20  # characters; every frame but an image is far smaller
+FRAGMENT_SIZE: Final = 1 << 18
 _ABNORMAL_CLOSURE: Final = 1006
 
 
@@ -225,7 +230,8 @@ class SignalSocket:
     async def _write(self, ws: ClientConnection) -> None:
         async for effect in self._outbox_recv:
             try:
-                await ws.send(effect.frame)
+                frame = effect.frame
+                await ws.send(_fragments(frame) if len(frame) > FRAGMENT_ABOVE else frame)
             except ConnectionClosed as exc:
                 self._post(SendFailed(self.attempt, effect.send, self._closed_reason(exc)))
             except Exception as exc:  # e.g. a transport error mid-write
@@ -283,3 +289,10 @@ _SENT_MILESTONE: Final = {
     FramePurpose.INITIAL_STATE: "initial_state_sent",
     FramePurpose.REQUEST: "request_sent",
 }
+
+
+async def _fragments(frame: str) -> AsyncIterator[str]:
+    """``frame`` in ``FRAGMENT_SIZE`` slices, letting other tasks run between them."""
+    for start in range(0, len(frame), FRAGMENT_SIZE):
+        yield frame[start : start + FRAGMENT_SIZE]
+        await anyio.sleep(0)

@@ -9,6 +9,7 @@ image in a bad frame cannot leak into an error message.
 
 from __future__ import annotations
 
+import binascii
 import enum
 import json
 import math
@@ -361,6 +362,26 @@ def parse_client_frame(
 # ---- encoding -------------------------------------------------------------
 
 
+class Base64Text(str):
+    """Standard base64 of ``data``, made here from bytes and nothing else.
+
+    Its alphabet needs no JSON escaping, so :func:`encode` splices it into the
+    frame instead of scanning it: a 10 MB reference image costs a copy, not a
+    ~35 ms escape pass ahead of the upload. Built only from bytes, so a string
+    that merely claims to be base64 can never skip the escaping.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, data: bytes | bytearray | memoryview) -> Base64Text:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"Base64Text encodes bytes, not {type(data).__name__}")
+        return super().__new__(cls, binascii.b2a_base64(data, newline=False).decode("ascii"))
+
+    def __repr__(self) -> str:
+        return f"<base64, {len(self)} chars>"
+
+
 def _present(obj: attrs.AttrsInstance) -> dict[str, Any]:
     """A message or sub-object as a JSON dict, leaving out ABSENT fields."""
     out: dict[str, Any] = {}
@@ -384,4 +405,16 @@ def to_json_object(message: ClientMessage | ServerMessage) -> dict[str, Any]:
 
 def encode(message: ClientMessage | ServerMessage) -> str:
     """The message as one compact JSON text frame."""
-    return _ENCODER.encode(_present(message))
+    obj = _present(message)
+    if not any(type(value) is Base64Text for value in obj.values()):
+        return _ENCODER.encode(obj)
+    # The same text json would write, member by member, with base64 spliced in
+    # (one join: the only copy of the base64).
+    parts = ["{"]
+    for key, value in obj.items():
+        if len(parts) > 1:
+            parts.append(",")
+        parts += (_ENCODER.encode(key), ":")
+        parts += ('"', value, '"') if type(value) is Base64Text else (_ENCODER.encode(value),)
+    parts.append("}")
+    return "".join(parts)

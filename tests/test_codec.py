@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from leanjoin.engine import messages as m
 from leanjoin.engine.codec import (
+    Base64Text,
     FrameProblem,
     IgnoredFrame,
     ProblemKind,
@@ -229,3 +230,30 @@ def test_reprs_hide_secrets() -> None:
     )
     image = m.SetImage(image_data="SECRETIMAGEBYTES")
     assert "SECRET" not in repr(info) and "SECRET" not in repr(image)
+
+
+# ---- base64 spliced into frames ---------------------------------------------------------
+
+
+@given(
+    data=st.binary(min_size=1, max_size=512),
+    prompt=st.none() | st.text(max_size=40),
+    enhance=st.sampled_from([m.ABSENT, True, False]),
+)
+def test_spliced_base64_encodes_exactly_as_json_does(
+    data: bytes, prompt: str | None, enhance: bool | m.Absent
+) -> None:
+    """Base64Text skips the escape pass, so its frame must be the very text json
+    writes for the same message: same bytes, same member order."""
+    spliced = m.SetImage(image_data=Base64Text(data), prompt=prompt, enhance_prompt=enhance)
+    plain = m.SetImage(image_data=str(spliced.image_data), prompt=prompt, enhance_prompt=enhance)
+    assert encode(spliced) == encode(plain)
+    assert parse_client_frame(encode(spliced)) == plain
+
+
+def test_base64_text_is_made_from_bytes_only() -> None:
+    """A string claiming to be base64 cannot skip the escaping."""
+    assert Base64Text(b"\xff\x00") == "/wA="
+    with pytest.raises(TypeError, match="encodes bytes, not str"):
+        Base64Text('"},"type":"x')  # type: ignore[arg-type]
+    assert "/wA" not in repr(Base64Text(b"\xff\x00"))  # image data stays out of reprs

@@ -1,4 +1,5 @@
-"""``leanjoin serve``: run the reference server until Ctrl-C (or SIGTERM).
+"""``leanjoin serve``: run the reference server until Ctrl-C (or SIGTERM);
+SIGUSR1 injects a room loss in every room (a fault-injection control).
 
 Every field of :class:`~leanjoin.engine.server_config.ServerKnobs` becomes one
 option (``capacity`` -> ``--capacity``), with the field's help text, so the
@@ -25,6 +26,8 @@ from leanjoin.adapters.server import ReferenceServer
 from leanjoin.engine.server_config import AckDrop, FaultPhase, ServerKnobs
 
 DEFAULT_PORT: Final = 8765
+
+log = logging.getLogger("leanjoin.serve")
 
 # Knob annotations are strings (postponed evaluation): map each to a click type.
 _PLAIN_TYPES: Final[dict[str, type]] = {
@@ -90,11 +93,25 @@ async def _run(host: str, port: int, api_key: str | None, knobs: ServerKnobs) ->
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with ReferenceServer(host=host, port=port, api_key=api_key, knobs=knobs) as server:
+        losses: set[asyncio.Task[None]] = set()
+
+        def lose_rooms() -> None:
+            # Fault injection: a room loss in every room, as a test's
+            # RoomHandle.disconnect_participants("room_deleted") would do in-process.
+            log.info("SIGUSR1: room loss: every participant of every room is disconnected")
+            task = loop.create_task(server.livekit.disconnect_all("room_deleted"))
+            losses.add(task)
+            task.add_done_callback(losses.discard)
+
+        loop.add_signal_handler(signal.SIGUSR1, lose_rooms)
         click.echo(f"leanjoin reference server: {server.url}")
         if api_key is None:
             click.echo(f"api key (generated): {server.api_key}")
         click.echo(f"LiveKit double: {server.livekit.url}")
-        await stop.wait()
+        try:
+            await stop.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
         click.echo("shutting down", err=True)
 
 
@@ -110,7 +127,12 @@ async def _run(host: str, port: int, api_key: str | None, knobs: ServerKnobs) ->
 @click.option("--api-key", default=None, help="the key clients must send (default: generated)")
 @_with_knob_options
 def serve(host: str, port: int, api_key: str | None, **knob_values: Any) -> None:
-    """Run the reference lean-join server with its LiveKit double."""
+    """Run the reference lean-join server with its LiveKit double.
+
+    Fault injection from outside: SIGUSR1 makes the LiveKit double disconnect
+    every participant of every room with reason ROOM_DELETED (a room loss; each
+    client reconnects on a fresh session). SIGINT or SIGTERM stops the server.
+    """
     knobs = knobs_from_options(knob_values)
     logging.basicConfig(
         level=logging.INFO,

@@ -41,6 +41,7 @@ from leanjoin.engine.admission import Admission
 from leanjoin.engine.server import ServerSession
 from leanjoin.engine.server_config import ServerKnobs
 from leanjoin.engine.server_io import (
+    ClientPublishing,
     ClientVideoArrived,
     CloseConnection,
     ConfigureModel,
@@ -141,7 +142,8 @@ class ReferenceServer:
             host=host,
             api_key="leanjoin-double",
             media_setup_delay=knobs.media_setup_delay,
-            refuse_media=knobs.refuse_media,
+            join_answer_delay=knobs.join_answer_delay,
+            publish_delay=knobs.publish_delay,
         )
         self._admission: Admission[_Connection] = Admission(
             knobs.capacity, knobs.max_queue, knobs.admissions_per_second
@@ -444,8 +446,14 @@ class ReferenceServer:
         except Exception as exc:  # answer the engine; never leak the exception text
             return RoomFailed(f"token minting failed ({type(exc).__name__})")
         room = connection.room = self._livekit.room(room_name)
+        room.refuses_joins = self.knobs.refuse_media and connection.engine.faults
+        self._spawn(connection, self._watch_publishing(connection, room))
         self._spawn(connection, self._watch_video(connection, room))
         return RoomReady(self._livekit.url, token, room_name, session_id)
+
+    async def _watch_publishing(self, connection: _Connection, room: RoomHandle) -> None:
+        await room.wait_client_publishing()
+        self._feed(connection, ClientPublishing())
 
     async def _watch_video(self, connection: _Connection, room: RoomHandle) -> None:
         await room.wait_client_video()
@@ -485,7 +493,8 @@ class ReferenceServer:
         task.add_done_callback(connection.tasks.discard)
 
     def _end(self, connection: _Connection) -> None:
-        """The session closed: stop its timer and tasks and empty its room."""
+        """The session closed: stop its timer and tasks, empty its room and let the
+        double forget it (once no client of it is left)."""
         if connection.timer is not None:
             connection.timer.cancel()
             connection.timer = connection.timer_at = None
@@ -493,6 +502,8 @@ class ReferenceServer:
             task.cancel()
         connection.references.clear()
         room = connection.room
+        if room is not None:
+            self._livekit.release_room(room.name)
         if room is not None and room.participants:
             task = asyncio.get_running_loop().create_task(
                 room.disconnect_participants("session ended")

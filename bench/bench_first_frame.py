@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +54,7 @@ from typing import Any, Final
 import anyio
 import attrs
 import numpy as np
+from server_process import ServerProcess
 
 from leanjoin.adapters.api import Session, connect
 from leanjoin.adapters.demo import TOLERANCE
@@ -164,48 +163,6 @@ def decart_python() -> Path:
 
 
 # ---- the server --------------------------------------------------------------------------
-
-
-def start_server(log: Path) -> tuple[subprocess.Popen[str], str, str]:
-    command = [
-        sys.executable,
-        "-m",
-        "leanjoin.adapters.serve_cli",
-        "--port",
-        "0",
-        "--uplink-bytes-per-second",
-        str(UPLINK),
-        "--media-setup-delay",
-        str(MEDIA_SETUP),
-        "--max-frame-bytes",
-        str(SERVER_LIMIT),
-        "--max-reference-bytes",
-        str(SERVER_LIMIT),
-    ]
-    with log.open("w") as stderr:
-        server = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    assert server.stdout is not None
-    url = server.stdout.readline().split()[-1]
-    key = server.stdout.readline().split()[-1]
-    if not url.startswith("ws://"):
-        server.kill()
-        raise RuntimeError(f"the server did not start; see {log}")
-    return server, url, key
-
-
-def stop_server(server: subprocess.Popen[str]) -> None:
-    server.send_signal(signal.SIGINT)
-    try:
-        server.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
 
 
 # ---- one run of each client ---------------------------------------------------------------
@@ -402,7 +359,12 @@ async def _main(args: argparse.Namespace, command: str) -> None:
                 path = Path(tmp) / f"reference-{ref.size_mb:g}MB.png"
                 path.write_bytes(ref.png)
             images[ref.size_mb] = path
-        server, url, key = start_server(Path(tmp) / "server.log")
+        server = ServerProcess.start(
+            Path(tmp) / "server.log",
+            *("--uplink-bytes-per-second", str(UPLINK), "--media-setup-delay", str(MEDIA_SETUP)),
+            *("--max-frame-bytes", str(SERVER_LIMIT), "--max-reference-bytes", str(SERVER_LIMIT)),
+        )
+        url, key = server.url, server.api_key
         try:
             # Warm-up, not reported: first-use costs of codecs and the LiveKit FFI.
             await run_leanjoin(url, key, refs[0])
@@ -436,7 +398,7 @@ async def _main(args: argparse.Namespace, command: str) -> None:
                             flush=True,
                         )
         finally:
-            stop_server(server)
+            server.stop()
             if args.server_log:
                 Path(args.server_log).write_text((Path(tmp) / "server.log").read_text())
     report(refs, runs, command, python is not None)

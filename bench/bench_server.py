@@ -21,14 +21,12 @@ import asyncio
 import base64
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from server_process import ServerProcess
 from websockets.asyncio.client import ClientConnection, connect
 
 from leanjoin.adapters.png import encode_png
@@ -83,31 +81,9 @@ async def _handshake(
     return time.perf_counter() - began
 
 
-def _start_server(clients: int) -> tuple[subprocess.Popen[str], str, str]:
-    command = [
-        sys.executable,
-        "-m",
-        "leanjoin.adapters.serve_cli",
-        "--port",
-        "0",
-        "--capacity",
-        str(clients),
-    ]
-    server = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # one log line per phase and client: not wanted here
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert server.stdout is not None
-    url = server.stdout.readline().split()[-1]
-    key = server.stdout.readline().split()[-1]
-    return server, url, key
-
-
 async def _run(clients: int, initial_kind: str, ramp: float) -> None:
-    server, url, key = _start_server(clients)
+    server = ServerProcess.start(None, "--capacity", str(clients))
+    url, key = server.url, server.api_key
     sockets: list[ClientConnection] = []
     try:
         await asyncio.sleep(0.5)  # let the server settle before the baseline
@@ -131,11 +107,7 @@ async def _run(clients: int, initial_kind: str, ramp: float) -> None:
         open_now = sum(1 for s in sockets if s.close_code is None)
     finally:
         await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
     latencies = sorted(r for r in results if r is not None)
     done = len(latencies)
     p50 = statistics.median(latencies) * 1000 if latencies else float("nan")

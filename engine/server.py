@@ -53,6 +53,7 @@ from .messages import (
 )
 from .server_config import AckDrop, FaultPhase, ServerKnobs
 from .server_io import (
+    ClientPublishing,
     ClientVideoArrived,
     CloseConnection,
     ConfigureModel,
@@ -99,6 +100,7 @@ class UsageError(Exception):
 P = SessionPhase
 OPEN_PHASES: Final = tuple(p for p in SessionPhase if p is not P.CLOSED)
 WAITING_PHASES: Final = (P.JOINED, P.QUEUED)
+BEFORE_VIDEO: Final = (P.IN_ROOM, P.PUBLISHING)
 
 # The server table. Each row: trigger, source phases, destination (None: stay,
 # an internal transition), callbacks before the change, callbacks after it.
@@ -112,7 +114,9 @@ TRANSITIONS: Final[tuple[Row[SessionPhase], ...]] = (
     ("queue_moved",       (P.QUEUED,),        None,            ("_send_queue_position",), ()),
     ("admit",             WAITING_PHASES,     P.ADMITTED,      (),                       ("_prepare_room",)),
     ("room_ready",        (P.ADMITTED,),      P.IN_ROOM,       ("_send_room_info",),     ()),
-    ("start_generation",  (P.IN_ROOM,),       P.GENERATING,    ("_start_generation",),   ()),
+    ("client_publishing", (P.IN_ROOM,),       P.PUBLISHING,    (),                       ()),
+    ("client_video",      BEFORE_VIDEO,       P.STREAMING,     (),                       ()),
+    ("start_generation",  (P.STREAMING,),     P.GENERATING,    ("_start_generation",),   ()),
     ("close",             OPEN_PHASES,        P.CLOSED,        ("_end_connection",),     ()),
     ("peer_closed",       OPEN_PHASES,        P.CLOSED,        ("_note_peer_closed",),   ()),
 )
@@ -128,6 +132,8 @@ FAULT_PHASES: Final = {
     P.QUEUED: FaultPhase.QUEUED,
     P.ADMITTED: FaultPhase.BEFORE_ROOM_INFO,
     P.IN_ROOM: FaultPhase.AFTER_ROOM_INFO,
+    P.PUBLISHING: FaultPhase.PUBLISHING,
+    P.STREAMING: FaultPhase.CLIENT_VIDEO,
     P.GENERATING: FaultPhase.GENERATING,
 }
 
@@ -196,7 +202,6 @@ class ServerSession:
         "_started_at",
         "_tokens",
         "_tokens_at",
-        "_video",
         "_work",
         "faults",
         "knobs",
@@ -225,7 +230,6 @@ class ServerSession:
         self._queue = (0, 0)
         self._room_requested = False
         self._room: RoomReady | None = None
-        self._video = False
         self._applied = False
         self._prompt: str | None = None
         self._reference: RequestId | None = None
@@ -334,6 +338,8 @@ class ServerSession:
             return f"position {self._queue[0]} of {self._queue[1]}"
         if phase is P.IN_ROOM and self._room is not None:
             return f"room {self._room.room_name}, session {self._room.session_id}"
+        if phase is P.STREAMING and not self._state_ready():
+            return "waiting for the initial state"
         if phase is P.GENERATING:
             return "passthrough" if self._passthrough else "state applied"
         if phase is P.CLOSED:
@@ -490,11 +496,13 @@ class ServerSession:
         self._room_requested = True
         self._emit(CreateRoom())
 
+    def _state_ready(self) -> bool:
+        # The model has a state to apply (a passthrough session needs none).
+        return self._passthrough or self._applied
+
     def _maybe_start_generation(self) -> None:
-        # Output starts once the client's video is in and the model has a state
-        # to apply (a passthrough session needs none).
-        ready = self._passthrough or self._applied
-        if self.phase is P.IN_ROOM and self._video and ready:
+        # Output starts once the client's video is in and the model has a state.
+        if self.phase is P.STREAMING and self._state_ready():
             self._fire("start_generation")
 
     def _seconds(self) -> float:
@@ -646,7 +654,6 @@ class ServerSession:
         if self.phase is not P.ADMITTED:
             raise UsageError("RoomReady reported twice")
         self._fire("room_ready", room)
-        self._maybe_start_generation()
 
     def _on_room_failed(self, failed: RoomFailed) -> None:
         self._require_room_request("RoomFailed")
@@ -655,10 +662,21 @@ class ServerSession:
         problem = f"could not prepare a room: {_clip(failed.reason)}"
         self._close(CLOSE_INTERNAL, "room unavailable", problem)
 
+    def _require_room(self, what: str) -> None:
+        if self._room is None:
+            raise UsageError(f"{what} reported, but no room is ready (no RoomReady)")
+
+    def _on_publishing(self, _publishing: ClientPublishing) -> None:
+        self._require_room("ClientPublishing")
+        if self.phase is P.IN_ROOM:
+            self._fire("client_publishing")
+        # Later (video in already, or a further publication): nothing changes.
+
     def _on_video(self, _arrived: ClientVideoArrived) -> None:
-        self._require_room_request("ClientVideoArrived")
-        self._video = True
-        self._maybe_start_generation()
+        self._require_room("ClientVideoArrived")
+        if self.phase in BEFORE_VIDEO:  # later: the first frame was reported already
+            self._fire("client_video")
+            self._maybe_start_generation()
 
     def _decoding(self, request: RequestId, what: str) -> None:
         head = self._work[0] if self._work else None
@@ -691,6 +709,7 @@ _HANDLERS: Final[dict[type, Callable[[ServerSession, Any], None]]] = {
     QueueFull: ServerSession._on_queue_full,
     RoomReady: ServerSession._on_room_ready,
     RoomFailed: ServerSession._on_room_failed,
+    ClientPublishing: ServerSession._on_publishing,
     ClientVideoArrived: ServerSession._on_video,
     ReferenceDecoded: ServerSession._on_decoded,
     ReferenceUndecodable: ServerSession._on_undecodable,

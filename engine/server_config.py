@@ -26,6 +26,8 @@ class FaultPhase(enum.Enum):
     QUEUED = "queued"  # first queue_position sent
     BEFORE_ROOM_INFO = "before_room_info"  # admitted, room_info not yet sent
     AFTER_ROOM_INFO = "after_room_info"  # right after livekit_room_info
+    PUBLISHING = "publishing"  # the media server got the client's request to publish its camera
+    CLIENT_VIDEO = "client_video"  # the client's video arrived; generation has not started
     GENERATING = "generating"  # right after generation_started
 
 
@@ -161,12 +163,31 @@ class ServerKnobs:
         validator=non_negative,
         metadata=_help("seconds the LiveKit double waits before answering a room join"),
     )
+    join_answer_delay: float = attrs.field(
+        default=0.0,
+        validator=non_negative,
+        metadata=_help(
+            "seconds the LiveKit double holds a join answer after putting the client in the room"
+        ),
+    )
+    publish_delay: float = attrs.field(
+        default=0.0,
+        validator=non_negative,
+        metadata=_help("seconds the LiveKit double holds its answer to a track publication"),
+    )
     refuse_media: bool = attrs.field(
-        default=False, validator=_bool, metadata=_help("the LiveKit double refuses every room join")
+        default=False,
+        validator=_bool,
+        metadata=_help("the LiveKit double refuses the room joins of faulted connections"),
     )
 
     def without_faults(self) -> ServerKnobs:
         """These knobs with every injected fault switched off."""
         return attrs.evolve(
-            self, reject_reference=False, drop_ack=AckDrop.NONE, error_at=None, close_at=None
+            self,
+            reject_reference=False,
+            drop_ack=AckDrop.NONE,
+            error_at=None,
+            close_at=None,
+            refuse_media=False,
         )

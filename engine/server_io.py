@@ -24,7 +24,9 @@ class SessionPhase(enum.Enum):
     JOINED = "joined"  # livekit_join accepted; a slot was requested
     QUEUED = "queued"  # no free slot: queue_position frames flow
     ADMITTED = "admitted"  # slot granted; the room is being prepared
-    IN_ROOM = "in_room"  # livekit_room_info sent; waiting for video and initial state
+    IN_ROOM = "in_room"  # livekit_room_info sent; the client joins the room
+    PUBLISHING = "publishing"  # the client publishes its camera; no video yet
+    STREAMING = "streaming"  # the client's video arrives; generation waits for the initial state
     GENERATING = "generating"
     CLOSED = "closed"
 
@@ -111,6 +113,12 @@ class RoomFailed:
 
 
 @attrs.frozen
+class ClientPublishing:
+    """The media server got the client's request to publish its camera (the
+    answer may still be on its way: the client is publishing)."""
+
+
+@attrs.frozen
 class ClientVideoArrived:
     """The client's first video frame reached the model."""
 
@@ -138,6 +146,7 @@ ServerInput: TypeAlias = (
     | QueueFull
     | RoomReady
     | RoomFailed
+    | ClientPublishing
     | ClientVideoArrived
     | ReferenceDecoded
     | ReferenceUndecodable

@@ -61,19 +61,21 @@ async def assert_nothing_left(lk: LiveKitDouble | None = None, *rooms: str) -> N
             await anyio.sleep(0.01)
     if lk is not None:
         with anyio.fail_after(WAIT):
-            while any(lk.room(name).participants for name in rooms):
+            while any((room := lk.find_room(name)) and room.participants for name in rooms):
                 await anyio.sleep(0.02)
 
 
 def rooms_of(server: ReferenceServer) -> list[RoomHandle]:
-    """Every room the server's LiveKit double made."""
+    """Every room the server's LiveKit double holds now."""
     return list(server.livekit.rooms)
 
 
 async def server_idle(server: ReferenceServer, *rooms: str | None) -> None:
-    """Nothing of the client is left, and the server saw every connection end."""
+    """Nothing of the client is left, the server saw every connection end and its
+    LiveKit double forgot every room."""
     await assert_nothing_left(server.livekit, *(room for room in rooms if room))
     await until(lambda: server.connections == 0)
+    await until(lambda: not server.livekit.rooms)
 
 
 BAND_TOLERANCE = 16  # tighter than the demo's 24: the tests' frames are steady

@@ -29,6 +29,22 @@ def test_positive_fields_refuse_what_is_not_a_positive_number(
         make(value)
 
 
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda v: ServerKnobs(room_info_delay=v), "room_info_delay"),
+        (lambda v: ServerKnobs(media_setup_delay=v), "media_setup_delay"),
+        (lambda v: ServerKnobs(join_answer_delay=v), "join_answer_delay"),
+        (lambda v: ServerKnobs(publish_delay=v), "publish_delay"),
+    ],
+)
+def test_delays_may_be_zero_but_not_negative_or_not_a_number(make: Any, field: str) -> None:
+    assert getattr(make(0), field) == 0
+    for value in (-0.1, math.nan, math.inf, True, "1"):
+        with pytest.raises(ValueError, match=field):
+            make(value)
+
+
 def test_none_only_where_it_means_something() -> None:
     assert Timeouts(queue_silence=None, max_queue_wait=None).queue_silence is None
     assert (

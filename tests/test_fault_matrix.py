@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -173,6 +174,7 @@ class Plan:
     initial: str = "prompt"  # prompt | image | big image | passthrough
     blocker: bool = False
     actions: list[tuple[str, float]] = attrs.Factory(list)
+    early_loss: str | None = None  # "join" | "publish": room loss during the first connect
 
     @classmethod
     def parse(cls, injection: str) -> Plan:
@@ -189,6 +191,8 @@ class Plan:
                 plan.initial = name
             elif name == "blocker":
                 plan.blocker = True
+            elif name in ("room loss on join", "room loss on publish"):
+                plan.early_loss = name.rpartition(" ")[2]
             elif name in ("set_prompt", "set_image", "set_image big", "room loss", "wait"):
                 plan.actions.append((name, float(value or 0)))
             else:
@@ -301,6 +305,19 @@ class Recorder:
     def state(self) -> ConnectionState:
         states = [e.state for _, e in self.events if isinstance(e, StateChanged)]
         return states[-1] if states else ConnectionState.DISCONNECTED
+
+    def states_before_first_failure(self) -> list[ConnectionState]:
+        """The user states until the first error, retry or reconnect showed ([]: none did)."""
+        states = [ConnectionState.DISCONNECTED]
+        for _, event in self.events:
+            reconnect = (
+                isinstance(event, StateChanged) and event.state is ConnectionState.RECONNECTING
+            )
+            if reconnect or isinstance(event, ErrorOccurred | RetryScheduled):
+                return states
+            if isinstance(event, StateChanged):
+                states.append(event.state)
+        return []
 
 
 def match(
@@ -427,6 +444,9 @@ class Outcome:
     released: list[float] = attrs.Factory(list)
     request_outcomes: list[str] = attrs.Factory(list)
     sent_while: list[ConnectionState] = attrs.Factory(list)
+    lost_at: list[float] = attrs.Factory(list)  # when an early room loss was done
+    # The user states up to the first error, retry or reconnect (the last one: the state it hit).
+    before_fault: list[ConnectionState] = attrs.Factory(list)
 
 
 async def _request(session: Session, what: str, outcomes: list[str]) -> None:
@@ -450,7 +470,7 @@ async def _act(
     server: ReferenceServer,
     tg: anyio.abc.TaskGroup,
 ) -> None:
-    if row.phase == "connected":
+    if row.phase == "connected" and plan.actions:
         assert session.state is ConnectionState.CONNECTED, "the row's phase was not reached"
     elif row.phase == "generating":
         await until(lambda: session.state is ConnectionState.GENERATING)
@@ -459,11 +479,30 @@ async def _act(
             await anyio.sleep(value)
         elif action == "room loss":
             assert session.room_name is not None
+            room = server.livekit.find_room(session.room_name)  # never re-create one
+            assert room is not None, "the session's room is gone before the room loss"
             with anyio.fail_after(WAIT):
-                await server.livekit.room(session.room_name).disconnect_participants("room_deleted")
+                await room.disconnect_participants("room_deleted")
         else:
             outcome.sent_while.append(session.state)
             tg.start_soon(_request, session, action, outcome.request_outcomes)
+
+
+async def _lose_room_early(server: ReferenceServer, when: str, lost_at: list[float]) -> None:
+    """Room loss in the first attempt's room while its client joins (the double
+    attached it and holds the join answer) or publishes (the double got its
+    ``add_track`` and holds the answer). Later attempts' rooms are left alone."""
+    if when == "join":
+        await until(lambda: any(room.participants for room in rooms_of(server)))
+        room = next(room for room in rooms_of(server) if room.participants)
+    else:
+        await until(lambda: bool(rooms_of(server)))
+        room = rooms_of(server)[0]
+        with anyio.fail_after(WAIT):
+            await room.wait_client_publishing()
+    lost_at.append(anyio.current_time())
+    with anyio.fail_after(WAIT):
+        await room.disconnect_participants("room_deleted")
 
 
 async def _settled(
@@ -494,6 +533,8 @@ async def run_row(row: Row, plan: Plan, server: ReferenceServer) -> Outcome:
             holder = await stack.enter_async_context(blocker(server))
             last_attempt = 1 + int(row.retries)
             outer.start_soon(release_blocker, holder, recorder, last_attempt, outcome.released)
+        if plan.early_loss is not None:
+            outer.start_soon(_lose_room_early, server, plan.early_loss, outcome.lost_at)
         try:
             async with (
                 connect(server.url, **client_args(server, plan, recorder)) as session,
@@ -512,6 +553,7 @@ async def run_row(row: Row, plan: Plan, server: ReferenceServer) -> Outcome:
             outcome.seen = len(recorder.events)
             outcome.state = recorder.state()
     outcome.tokens = recorder.tokens(outcome.seen)
+    outcome.before_fault = recorder.states_before_first_failure()
     after = [e for _, e in recorder.events[outcome.seen :]]
     assert not [e for e in after if isinstance(e, ErrorOccurred | RetryScheduled)], (
         f"leaving raised errors: {after}"
@@ -556,6 +598,59 @@ def check_timing(row: Row, plan: Plan, outcome: Outcome) -> None:
     if at_start and row.phase == "runtime request":
         # The fault is timed to generation start: the request must have gone out before it.
         assert outcome.sent_while == [ConnectionState.CONNECTED], outcome.sent_while
+    check_fault_phase(row, plan, outcome)
+
+
+# The user state a fault injected at a server phase hits: `connecting` up to `publishing`.
+# A close while generating comes after `generation_ended` (§9.5), so in `connected`.
+_STATE_AT_FAULT: Final = {
+    ("error_at", FaultPhase.CLIENT_VIDEO): ConnectionState.CONNECTED,
+    ("close_at", FaultPhase.CLIENT_VIDEO): ConnectionState.CONNECTED,
+    ("error_at", FaultPhase.GENERATING): ConnectionState.GENERATING,
+    ("close_at", FaultPhase.GENERATING): ConnectionState.CONNECTED,
+}
+
+
+def _first(milestones: list[tuple[float, int, str]], attempt: int, name: str) -> float | None:
+    return min((at for at, n, m in milestones if n == attempt and m == name), default=None)
+
+
+def _in_window(row_phase: str, milestones: list[tuple[float, int, str]], at: float) -> None:
+    """``at`` fell inside attempt 1's room connect or its publish, by its milestones."""
+    room_info = _first(milestones, 1, "room_info")
+    connected = _first(milestones, 1, "room_connected")
+    published = _first(milestones, 1, "tracks_published")
+    seen = f"at {at:.3f}; attempt 1's milestones {[m for m in milestones if m[1] == 1]}"
+    if row_phase == "during room connect":
+        assert room_info is not None and room_info <= at, f"before room_info: {seen}"
+        assert connected is None or connected > at, f"after the room connected: {seen}"
+    else:
+        assert connected is not None and connected <= at, f"before the room connected: {seen}"
+        assert published is None or published > at, f"after the publication: {seen}"
+
+
+def check_fault_phase(row: Row, plan: Plan, outcome: Outcome) -> None:
+    """The fault hit the client in the row's phase, not merely somewhere."""
+    knob = next((k for k in ("error_at", "close_at") if plan.knobs.get(k) is not None), None)
+    if knob is not None or plan.early_loss is not None:
+        phase: FaultPhase | None = None if knob is None else plan.knobs[knob]
+        expected = ConnectionState.CONNECTING
+        if knob is not None and phase is not None:
+            expected = _STATE_AT_FAULT.get((knob, phase), expected)
+        states = outcome.before_fault
+        assert states, "no failure showed"
+        assert states[-1] is expected, f"the fault hit while {states[-1]}, not {expected}"
+        if phase is FaultPhase.CLIENT_VIDEO:
+            assert ConnectionState.GENERATING not in states, f"generated before the fault: {states}"
+    windowed = row.phase in ("during room connect", "during publish")
+    if not windowed or row.final_state == "disconnected":  # a failed connect has no timeline
+        return
+    if plan.early_loss is not None:
+        assert outcome.lost_at, "the room was never lost"
+        _in_window(row.phase, outcome.milestones, outcome.lost_at[0])
+    failed = [t.at for t in outcome.tokens if t.name in ("retry", "fatal") and t.attempt == 1]
+    if failed:
+        _in_window(row.phase, outcome.milestones, failed[0])
 
 
 # ---- the test --------------------------------------------------------------------------------
@@ -634,3 +729,30 @@ def test_bug1_acks_that_arrive_after_a_server_error_are_absorbed() -> None:
     late = script.server(type="prompt_ack", prompt="first", success=True)
     late += script.server(type="prompt_ack", prompt="second", success=True)
     assert of_type(late, ErrorOccurred) == []
+
+
+# ---- BUG-4 (open, upstream): what the client shows instead of L4's failed attempt -----------
+
+
+async def test_bug4_a_room_lost_during_the_room_connect_goes_unseen(
+    warm_livekit: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Row L4 as it runs today: the room is lost while the double holds the client's
+    join answer, and the LiveKit client joins the same room again inside the same
+    ``Room.connect`` with no room event, so attempt 1 connects. When BUG-4 is
+    fixed, L4 passes (its strict xfail fails) and this test fails: delete it then."""
+    caplog.set_level(logging.INFO, logger="leanjoin.adapters.lkdouble")
+    seen = "acked@1, started@1"
+    row = attrs.evolve(next(r for r in ROWS if r.id == "L4"), events=seen, retries="0")
+    plan = Plan.parse(row.injection)
+    with anyio.fail_after(CELL_BOUND):
+        async with ReferenceServer(knobs=ServerKnobs(**plan.knobs)) as server:
+            outcome = await run_row(row, plan, server)
+            await assert_nothing_left(server.livekit, *(room.name for room in rooms_of(server)))
+    check_events(parse_events(seen), outcome.tokens)
+    assert outcome.state is ConnectionState.GENERATING and outcome.failed is None
+    connected = _first(outcome.milestones, 1, "room_connected")
+    assert outcome.lost_at and connected is not None
+    assert outcome.lost_at[0] < connected, "the loss must come while attempt 1 connects its room"
+    joins = [r.args for r in caplog.records if "joins room" in r.getMessage()]
+    assert len(joins) == 2 and joins[0] == joins[1], f"one client, one room, joined twice: {joins}"

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from livekit import rtc
+from livekit.protocol import models
 from livekit.protocol import rtc as proto
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -293,6 +294,91 @@ async def test_media_setup_delay_holds_back_the_join() -> None:
         assert lk.room("slow").participants == 1
 
 
+def _signal_socket(lk: LiveKitDouble, room: str, identity: str = "raw") -> ws_connect:
+    """A raw signal socket of a client allowed into ``room`` (no media)."""
+    token = lk.mint_token(room=room, identity=identity)
+    headers = {"Authorization": f"Bearer {token}"}
+    return ws_connect(f"{lk.url}/rtc?protocol=16", additional_headers=headers)
+
+
+async def _attached(handle: RoomHandle) -> float:
+    """When the double put the client in the room (polled: no event announces it)."""
+    while handle.participants == 0:
+        await anyio.sleep(0.01)
+    return time.monotonic()
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_join_answer_delay_puts_the_client_in_the_room_then_holds_its_answer() -> None:
+    async with LiveKitDouble(join_answer_delay=0.5) as lk:
+        handle = lk.room("held-join")
+        with anyio.fail_after(10):
+            async with _signal_socket(lk, "held-join") as ws:
+                attached = await _attached(handle)
+                assert (await _recv(ws)).WhichOneof("message") == "join"
+                assert time.monotonic() - attached >= 0.5 - 0.02  # the poll's own slack
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_publish_delay_holds_track_published_and_the_room_hears_of_it_at_once() -> None:
+    async with LiveKitDouble(publish_delay=0.5) as lk:
+        handle = lk.room("held-publish")
+        with anyio.fail_after(10):
+            async with _signal_socket(lk, "held-publish") as ws:
+                assert [(await _recv(ws)).WhichOneof("message") for _ in range(2)] == [
+                    "join",
+                    "offer",
+                ]
+                track = proto.AddTrackRequest(cid="cam-1", name="camera", width=320, height=240)
+                sent = time.monotonic()
+                await ws.send(proto.SignalRequest(add_track=track).SerializeToString())
+                with anyio.fail_after(0.4):  # well before the answer
+                    await handle.wait_client_publishing()
+                published = (await _recv(ws)).track_published
+                assert published.cid == "cam-1"
+                assert time.monotonic() - sent >= 0.5
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+@pytest.mark.parametrize("held", ["join", "publish"])
+async def test_a_room_loss_drops_a_held_answer(held: str) -> None:
+    hold = 30.0  # far beyond the test's bound: the loss must not wait for it
+    join_answer_delay, publish_delay = (hold, 0.0) if held == "join" else (0.0, hold)
+    async with LiveKitDouble(
+        join_answer_delay=join_answer_delay, publish_delay=publish_delay
+    ) as lk:
+        handle = lk.room("lost-while-held")
+        with anyio.fail_after(10):
+            async with _signal_socket(lk, "lost-while-held") as ws:
+                await _attached(handle)
+                if held == "publish":
+                    for _ in ("join", "offer"):
+                        await _recv(ws)
+                    track = proto.AddTrackRequest(cid="cam-1", name="camera")
+                    await ws.send(proto.SignalRequest(add_track=track).SerializeToString())
+                    await handle.wait_client_publishing()
+                await handle.disconnect_participants("room_deleted")
+                assert (await _recv(ws)).WhichOneof("message") == "leave"
+                await ws.wait_closed()
+        assert handle.participants == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_a_room_that_refuses_joins_answers_503_and_other_rooms_do_not() -> None:
+    async with LiveKitDouble() as lk:
+        lk.room("refusing").refuses_joins = True
+        with anyio.fail_after(10):
+            with pytest.raises(InvalidStatus) as refused:
+                await _signal_socket(lk, "refusing")
+            assert refused.value.response.status_code == 503
+            async with _signal_socket(lk, "taking") as ws:
+                assert (await _recv(ws)).WhichOneof("message") == "join"
+
+
 @pytest.mark.e2e
 @pytest.mark.anyio
 async def test_disconnect_participants_ends_the_client_room() -> None:
@@ -389,6 +475,60 @@ async def test_signal_protocol_by_hand() -> None:
         with anyio.fail_after(10):
             while lk.room("raw").participants:
                 await anyio.sleep(0.05)
+
+
+async def _raw_join(lk: LiveKitDouble, room: str, identity: str) -> ClientConnection:
+    """A signal socket joined to ``room`` (no media), once the double sent its offer."""
+    token = lk.mint_token(room=room, identity=identity)
+    headers = {"Authorization": f"Bearer {token}"}
+    with anyio.fail_after(10):
+        ws = await ws_connect(f"{lk.url}/rtc?protocol=16", additional_headers=headers)
+        assert (await _recv(ws)).WhichOneof("message") == "join"
+        assert (await _recv(ws)).WhichOneof("message") == "offer"
+    return ws
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_rooms_are_forgotten_once_empty_and_not_held() -> None:
+    async with LiveKitDouble() as lk:
+        held = lk.room("held")  # held: kept, transform and all, until released
+        held.set_transform(lambda frame: frame)
+        in_held = await _raw_join(lk, "held", "alice")
+        joined_only = await _raw_join(lk, "joined-only", "bob")
+        assert {room.name for room in lk.rooms} == {"held", "joined-only"}
+        assert lk.find_room("joined-only") is not None and held.participants == 1
+
+        with anyio.fail_after(10):
+            await lk.disconnect_all("room_deleted")
+        for ws in (in_held, joined_only):
+            leave = (await _recv(ws)).leave
+            assert leave.reason == models.ROOM_DELETED and not leave.can_reconnect
+            with anyio.fail_after(10):
+                await ws.wait_closed()
+        with anyio.fail_after(10):
+            while lk.find_room("joined-only") is not None:  # its last session ended
+                await anyio.sleep(0.02)
+        assert lk.find_room("held") is held and held.participants == 0
+
+        lk.release_room("held")  # no client left: forgotten at once
+        assert lk.rooms == () and lk.find_room("held") is None
+        assert lk.room("held") is not held  # asking again makes a new one
+
+
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_a_released_room_is_kept_until_its_last_client_left() -> None:
+    async with LiveKitDouble() as lk:
+        lk.room("busy")
+        ws = await _raw_join(lk, "busy", "carol")
+        lk.release_room("busy")
+        assert lk.find_room("busy") is not None  # carol is still in it
+        await ws.send(proto.SignalRequest(leave=proto.LeaveRequest()).SerializeToString())
+        with anyio.fail_after(10):
+            await ws.wait_closed()
+            while lk.rooms:
+                await anyio.sleep(0.02)
 
 
 @pytest.mark.e2e

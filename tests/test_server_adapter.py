@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -175,6 +176,26 @@ async def test_a_late_initial_state_still_starts_generation() -> None:
             "prompt_ack",
             "generation_started",
         ]
+
+
+@pytest.mark.anyio
+async def test_the_double_holds_no_room_after_the_sessions_ended() -> None:
+    async with running() as server:
+        names = []
+        for _ in range(3):
+            async with client(server) as socket:
+                await send(socket, {"type": "livekit_join", "passthrough": False})
+                await send(socket, {"type": "prompt", "prompt": "p"})
+                info, _ = await until(socket, "livekit_room_info")
+                await video(server, info["room_name"])
+                await until(socket, "generation_started")
+                # Held while its session lives, though no client joined it.
+                assert server.livekit.find_room(info["room_name"]) is not None
+                names.append(info["room_name"])
+        with anyio.fail_after(WAIT):
+            while server.connections or server.livekit.rooms:
+                await anyio.sleep(0.01)
+        assert len(set(names)) == 3
 
 
 # ---- legacy joins -------------------------------------------------------------------------
@@ -462,11 +483,14 @@ def test_serve_prints_the_url_logs_phases_without_secrets_and_stops_on_ctrl_c() 
                 return str(info["token"])
 
         token = anyio.run(session)
+        process.send_signal(signal.SIGUSR1)  # room loss everywhere (no room is left here)
+        time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         _, log = process.communicate(timeout=WAIT)
     finally:
         process.kill()
     assert process.returncode == 0
     assert "session 1: in_room" in log and "session 1: closed" in log
+    assert "SIGUSR1: room loss" in log and "disconnecting the participants of 0 room(s)" in log
     for secret in (key, token, RED_PNG[:40]):
         assert secret not in log

@@ -29,6 +29,7 @@ from leanjoin.engine.server import (
 )
 from leanjoin.engine.server_config import AckDrop, FaultPhase, ServerKnobs
 from leanjoin.engine.server_io import (
+    ClientPublishing,
     ClientVideoArrived,
     CloseConnection,
     ConfigureModel,
@@ -257,9 +258,42 @@ def test_video_before_the_initial_state_waits_for_it() -> None:
     h.join(passthrough=False)
     h.feed(0, ClientVideoArrived())
     assert h.types() == ["livekit_room_info"]
-    assert h.phase() is P.IN_ROOM
+    assert h.phase() is P.STREAMING
+    (streaming,) = [o for o in effects(h.log[0], PhaseChanged) if o.phase is P.STREAMING]
+    assert streaming.detail == "waiting for the initial state"
     h.frame(0, {"type": "prompt", "prompt": "late but fine"})
     assert h.types() == ["prompt_ack", "generation_started"]
+    assert h.phase() is P.GENERATING
+
+
+def test_the_media_phases_follow_the_client_into_the_room() -> None:
+    h = Harness()
+    h.open()
+    h.join(passthrough=True)
+    h.new()
+    h.feed(0, ClientPublishing())
+    assert h.phase() is P.PUBLISHING and h.sent() == []
+    h.feed(0, ClientPublishing())  # a further publication changes nothing
+    assert h.new() == []
+    h.feed(0, ClientVideoArrived())
+    out = h.new()
+    changes = [(o.previous, o.phase) for o in effects(out, PhaseChanged)]
+    assert changes == [(P.PUBLISHING, P.STREAMING), (P.STREAMING, P.GENERATING)]
+    assert [json.loads(o.frame)["type"] for o in effects(out, SendFrame)] == ["generation_started"]
+    h.feed(0, ClientPublishing())
+    h.feed(0, ClientVideoArrived())  # reported once already
+    assert h.new() == []
+    assert h.phase() is P.GENERATING
+
+
+def test_video_without_a_reported_publication_is_enough() -> None:
+    # An adapter whose media server does not report publications skips that phase.
+    h = Harness()
+    h.open()
+    h.join(passthrough=True)
+    h.feed(0, ClientVideoArrived())
+    assert h.phase() is P.GENERATING
+    h.feed(0, ClientPublishing())
     assert h.phase() is P.GENERATING
 
 
@@ -469,7 +503,7 @@ def test_an_undecodable_reference_is_rejected_after_the_adapter_tries() -> None:
     ack = h.sent()[-1]
     assert ack["success"] is False and "not a decodable image" in ack["error"]
     h.feed(0, ClientVideoArrived())
-    assert h.phase() is P.IN_ROOM  # nothing applied: no generation yet
+    assert h.phase() is P.STREAMING  # nothing applied: no generation yet
 
 
 def test_image_ref_is_refused_clearly() -> None:
@@ -561,27 +595,32 @@ def test_too_many_pending_requests_close_the_connection() -> None:
 
 # ---- injected faults ---------------------------------------------------------------------------
 
+# The knobs that let a session stop in a phase, and the media reports that take it there.
 FAULT_SETUPS = {
-    FaultPhase.BEFORE_JOIN: (ServerKnobs(), False),
-    FaultPhase.QUEUED: (ServerKnobs(capacity=0), False),
-    FaultPhase.BEFORE_ROOM_INFO: (ServerKnobs(room_info_delay=1.0), False),
-    FaultPhase.AFTER_ROOM_INFO: (ServerKnobs(), False),
-    FaultPhase.GENERATING: (ServerKnobs(), True),
+    FaultPhase.BEFORE_JOIN: (ServerKnobs(), 0),
+    FaultPhase.QUEUED: (ServerKnobs(capacity=0), 0),
+    FaultPhase.BEFORE_ROOM_INFO: (ServerKnobs(room_info_delay=1.0), 0),
+    FaultPhase.AFTER_ROOM_INFO: (ServerKnobs(), 0),
+    FaultPhase.PUBLISHING: (ServerKnobs(), 1),
+    FaultPhase.CLIENT_VIDEO: (ServerKnobs(), 2),
+    FaultPhase.GENERATING: (ServerKnobs(), 2),
 }
+MEDIA_REPORTS = (ClientPublishing(), ClientVideoArrived())
 
 
-def _walk(h: Harness, video: bool) -> None:
+def _walk(h: Harness, reports: int) -> None:
     h.open()
     h.join(passthrough=True)
-    if video and h.phase() is not P.CLOSED:
-        h.feed(0, ClientVideoArrived())
+    for report in MEDIA_REPORTS[:reports]:
+        if h.phase() is not P.CLOSED:
+            h.feed(0, report)
 
 
 @pytest.mark.parametrize("fault", list(FaultPhase))
 def test_error_at_sends_the_error_text_and_goes_on(fault: FaultPhase) -> None:
-    knobs, video = FAULT_SETUPS[fault]
+    knobs, reports = FAULT_SETUPS[fault]
     h = Harness(attrs.evolve(knobs, error_at=fault, error_text="boom"))
-    _walk(h, video)
+    _walk(h, reports)
     frames = h.sent()
     assert frames.count({"type": "error", "error": "boom"}) == 1
     assert h.phase() is not P.CLOSED
@@ -589,9 +628,9 @@ def test_error_at_sends_the_error_text_and_goes_on(fault: FaultPhase) -> None:
 
 @pytest.mark.parametrize("fault", list(FaultPhase))
 def test_close_at_closes_in_that_phase(fault: FaultPhase) -> None:
-    knobs, video = FAULT_SETUPS[fault]
+    knobs, reports = FAULT_SETUPS[fault]
     h = Harness(attrs.evolve(knobs, close_at=fault))
-    _walk(h, video)
+    _walk(h, reports)
     out = h.new()
     closes = effects(out, CloseConnection)
     assert closes == [CloseConnection(1011, f"injected close at {fault.value}")]
@@ -601,6 +640,23 @@ def test_close_at_closes_in_that_phase(fault: FaultPhase) -> None:
         assert [json.loads(o.frame)["type"] for o in effects(out, SendFrame)][-1] == (
             "generation_ended"
         )
+
+
+def test_an_error_on_client_video_comes_before_generation_starts() -> None:
+    h = Harness(ServerKnobs(error_at=FaultPhase.CLIENT_VIDEO, error_text="boom"))
+    _walk(h, 1)
+    h.sent()
+    h.feed(0, ClientVideoArrived())
+    assert h.types() == ["error", "generation_started"]
+    assert h.phase() is P.GENERATING
+
+
+def test_a_close_on_client_video_starts_no_generation() -> None:
+    h = Harness(ServerKnobs(close_at=FaultPhase.CLIENT_VIDEO))
+    _walk(h, 2)
+    out = h.new()
+    assert not [o for o in effects(out, SendFrame) if "generation" in o.kind]
+    assert not effects(out, ConfigureModel) and h.phase() is P.CLOSED
 
 
 def test_faults_can_be_switched_off_per_session() -> None:
@@ -714,6 +770,8 @@ def test_adapter_misuse_raises_usage_error() -> None:
     with pytest.raises(UsageError):
         session.handle(ClientVideoArrived(), 1.0)
     with pytest.raises(UsageError):
+        session.handle(ClientPublishing(), 1.0)
+    with pytest.raises(UsageError):
         session.handle(ReferenceDecoded(RequestId(1)), 1.0)
     with pytest.raises(UsageError):
         session.handle_timer(0.5)
@@ -723,6 +781,9 @@ def test_adapter_misuse_raises_usage_error() -> None:
         session.handle(QueueMoved(1, 1), 1.0)  # admitted already: no queue to move in
     with pytest.raises(UsageError):
         session.handle(QueueFull("full"), 1.0)
+    for media in (ClientPublishing(), ClientVideoArrived()):  # CreateRoom is not answered yet
+        with pytest.raises(UsageError, match="no room is ready"):
+            session.handle(media, 1.0)
     session.handle(RoomReady("ws://x", TOKEN, "r", "s"), 1.0)
     with pytest.raises(UsageError):
         session.handle(RoomReady("ws://x", TOKEN, "r", "s"), 1.0)
@@ -794,6 +855,7 @@ _actions = st.lists(
         st.tuples(st.just("frame"), st.integers(0, 1), _frames),
         st.tuples(st.just("wait"), st.integers(0, 1), st.floats(0.0, 40.0)),
         st.tuples(st.just("video"), st.integers(0, 1), st.none()),
+        st.tuples(st.just("publishing"), st.integers(0, 1), st.none()),
         st.tuples(st.just("decode"), st.integers(0, 1), st.booleans()),
         st.tuples(st.just("close"), st.integers(0, 1), st.none()),
     ),
@@ -801,6 +863,7 @@ _actions = st.lists(
 )
 
 
+ROOM_READY = (P.IN_ROOM, P.PUBLISHING, P.STREAMING, P.GENERATING)
 PROPERTY_KNOBS = [
     ServerKnobs(capacity=1, frame_burst=30),
     ServerKnobs(
@@ -809,6 +872,9 @@ PROPERTY_KNOBS = [
         reference_processing_time=0.3,
         max_bad_frames=3,
         error_at=FaultPhase.AFTER_ROOM_INFO,
+    ),
+    ServerKnobs(
+        capacity=1, error_at=FaultPhase.CLIENT_VIDEO, close_at=FaultPhase.PUBLISHING, frame_burst=30
     ),
 ]
 
@@ -843,8 +909,8 @@ def test_peer_input_never_makes_the_engine_raise(
             h.feed(i, FrameIn(arg))
         elif action == "wait":
             h.advance(arg)
-        elif action == "video" and session.phase in (P.IN_ROOM, P.GENERATING):
-            h.feed(i, ClientVideoArrived())
+        elif action in ("video", "publishing") and session.phase in ROOM_READY:
+            h.feed(i, ClientVideoArrived() if action == "video" else ClientPublishing())
         elif action == "decode" and pending[i]:
             request = pending[i].pop(0)
             h.feed(i, ReferenceDecoded(request) if arg else ReferenceUndecodable(request, "bad"))

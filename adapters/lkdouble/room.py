@@ -55,7 +55,10 @@ class RoomHandle:
         self._transform: Transform | None = None
         self._frames = 0
         self._first_frame = asyncio.Event()
+        self._publishing = asyncio.Event()
         self._members: set[Member] = set()
+        # The refuse_media fault for this room only: the double answers its joins with 503.
+        self.refuses_joins = False
 
     def __repr__(self) -> str:
         return f"RoomHandle(name={self.name!r}, participants={len(self._members)})"
@@ -67,6 +70,11 @@ class RoomHandle:
     async def wait_client_video(self) -> None:
         """Return once a first client video frame was decoded."""
         await self._first_frame.wait()
+
+    async def wait_client_publishing(self) -> None:
+        """Return once a client asked to publish a track (its ``add_track`` arrived;
+        the answer may still be held back by the double's ``publish_delay``)."""
+        await self._publishing.wait()
 
     @property
     def client_video_frames(self) -> int:
@@ -102,6 +110,10 @@ class RoomHandle:
             log.warning("room %r: transform output is not HxWx3 uint8; frame dropped", self.name)
             return None
         return out
+
+    def on_client_publishing(self) -> None:
+        """A client asked to publish a track."""
+        self._publishing.set()
 
     def attach(self, member: Member) -> None:
         self._members.add(member)

@@ -5,7 +5,8 @@ Routes:
 * ``/rtc/v1...`` -> HTTP 404, so the real client falls back to the dual peer
   connection ("v0") path, the only one this double serves;
 * ``/rtc`` -> token check (HTTP 401 with the reason when refused; HTTP 503 when
-  ``refuse_media`` is set), then the signal WebSocket (:mod:`.session`);
+  ``refuse_media`` is set, or the room's ``refuses_joins``), then the signal
+  WebSocket (:mod:`.session`);
 * ``/rtc/validate`` -> the same checks as plain HTTP: the client calls it after a
   failed upgrade and puts the body into its connect error.
 
@@ -54,6 +55,8 @@ class LiveKitDouble:
         api_key: str = "devkey",
         api_secret: str | None = None,
         media_setup_delay: float = 0.0,
+        join_answer_delay: float = 0.0,
+        publish_delay: float = 0.0,
         refuse_media: bool = False,
         model_identity: str = "inference-server-echo",
     ) -> None:
@@ -62,9 +65,13 @@ class LiveKitDouble:
         self._api_key = api_key
         self.__secret = api_secret if api_secret is not None else secrets.token_urlsafe(32)
         self._media_setup_delay = media_setup_delay
+        self._join_answer_delay = join_answer_delay
+        self._publish_delay = publish_delay
         self._refuse_media = refuse_media
         self._model_identity = model_identity
         self._rooms: dict[str, RoomHandle] = {}
+        self._held: set[str] = set()  # asked for by room(), kept even empty until released
+        self._bound: dict[str, int] = {}  # signal sessions of each room, joined or joining
         self._sessions: set[ClientSession] = set()
         # Weak keys: a connection whose handshake fails after admission just vanishes.
         self._admitted: weakref.WeakKeyDictionary[ServerConnection, tokens.Admission] = (
@@ -117,15 +124,48 @@ class LiveKitDouble:
 
     @property
     def rooms(self) -> tuple[RoomHandle, ...]:
-        """Every room made so far, for inspection (the double never forgets one)."""
+        """The rooms the double holds now, for inspection: each one asked for with
+        :meth:`room` and not released, and each one a client has joined or is joining."""
         return tuple(self._rooms.values())
 
     def room(self, name: str) -> RoomHandle:
-        """The room called ``name``, created on first use."""
+        """The room called ``name``, created on first use.
+
+        A room asked for here is kept, even while empty (its transform with it),
+        until :meth:`release_room`; a room that only a client's join created is
+        forgotten once its last client's session ended, as a LiveKit server
+        closes an empty room.
+        """
+        self._held.add(name)
+        return self._room(name)
+
+    def find_room(self, name: str) -> RoomHandle | None:
+        """The room called ``name`` if the double holds it; never creates one."""
+        return self._rooms.get(name)
+
+    def release_room(self, name: str) -> None:
+        """The room is no longer needed: forget it now if no client is in it or
+        joining it, else once the last one's session ended."""
+        self._held.discard(name)
+        self._forget_if_unused(name)
+
+    async def disconnect_all(self, reason: str = "room_deleted") -> None:
+        """Room loss everywhere: every client of every room is made to leave (see
+        :meth:`RoomHandle.disconnect_participants`). Returns once they are gone."""
+        rooms = list(self._rooms.values())
+        log.info("disconnecting the participants of %d room(s): %s", len(rooms), reason)
+        await asyncio.gather(*(room.disconnect_participants(reason) for room in rooms))
+
+    def _room(self, name: str) -> RoomHandle:
         handle = self._rooms.get(name)
         if handle is None:
             handle = self._rooms[name] = RoomHandle(name, self._model_identity)
         return handle
+
+    def _forget_if_unused(self, name: str) -> None:
+        if name not in self._held and not self._bound.get(name):
+            self._rooms.pop(name, None)
+            self._bound.pop(name, None)
 
     async def aclose(self) -> None:
         """Make every client leave, close every peer connection and socket, stop listening."""
@@ -153,7 +193,8 @@ class LiveKitDouble:
         except tokens.TokenRefused as refused:
             log.info("join refused: %s", refused)
             return connection.respond(401, f"{refused}\n")
-        if self._refuse_media:
+        room = self.find_room(admission.room)
+        if self._refuse_media or (room is not None and room.refuses_joins):
             log.info("join of %r refused: refuse_media is set", admission.identity)
             return connection.respond(503, f"{REFUSE_MEDIA_REASON}\n")
         if path == "/rtc/validate":
@@ -166,18 +207,24 @@ class LiveKitDouble:
         if admission is None or self._closing:
             await connection.close()
             return
+        name = admission.room
         session = ClientSession(
             connection,
             admission,
-            self.room(admission.room),
+            self._room(name),
             media_setup_delay=self._media_setup_delay,
+            join_answer_delay=self._join_answer_delay,
+            publish_delay=self._publish_delay,
         )
+        self._bound[name] = self._bound.get(name, 0) + 1  # kept while joined or joining
         self._sessions.add(session)
         log.info("%r joins room %r", admission.identity, admission.room)
         try:
             await session.run()
         finally:
             self._sessions.discard(session)
+            self._bound[name] -= 1
+            self._forget_if_unused(name)
 
 
 def _token(request: Request, query: str) -> str | None:

@@ -4,6 +4,15 @@ Handled requests: publisher ``offer`` (answered), subscriber ``answer``, ``trick
 (early candidates queued), ``add_track`` (``track_published``), ``ping_req``/``ping``
 (``pong_resp``/``pong``) and ``leave``. Everything else is ignored.
 
+Test knobs (all in seconds): ``media_setup_delay`` holds the join before the
+participant is attached to its room (a distant media server);
+``join_answer_delay`` attaches it, then holds the join answer (the client's
+connect is still running while the room already counts it, so a room loss can
+hit it mid-connect); ``publish_delay`` holds the ``track_published`` answer to
+``add_track`` (the client is publishing all that time). The room hears of every
+``add_track`` at once (:meth:`RoomHandle.on_client_publishing`). A held answer
+is dropped when the socket closes meanwhile (a leave, a room loss).
+
 VP9/AV1 refusal: aiortc decodes only VP8 and H264. ``add_track`` is always
 answered (withholding ``track_published`` was seen to leave the client's
 ``publish_track`` hanging after the disconnect). When the client's next publisher
@@ -50,11 +59,15 @@ class ClientSession:
         room: RoomHandle,
         *,
         media_setup_delay: float,
+        join_answer_delay: float = 0.0,
+        publish_delay: float = 0.0,
     ) -> None:
         self._ws = ws
         self._admission = admission
         self._room = room
         self._delay = media_setup_delay
+        self._join_answer_delay = join_answer_delay
+        self._publish_delay = publish_delay
         self.sid = new_sid("PA")
         self._media: ClientMedia | None = None
         self._leaving = False
@@ -74,6 +87,9 @@ class ClientSession:
                 model_track_sid=self._room.model_track_sid,
             )
             self._room.attach(self)
+            held = self._join_answer_delay
+            if held > 0 and await self._closed_within(held):
+                return  # left (say, the room was lost) before it got its join answer
             await self._send(rtc.SignalResponse(join=self._join_response()))
             offer = await self._media.subscriber_offer()
             await self._send(
@@ -122,7 +138,8 @@ class ClientSession:
         await self._closed.wait()
 
     async def _closed_within(self, seconds: float) -> bool:
-        # The delay simulates a distant media server, but a shutdown must not wait for it.
+        # The test knobs' delays hold an answer back; a closed socket (a shutdown, a
+        # leave, a room loss) must not wait for them.
         try:
             await asyncio.wait_for(self._ws.wait_closed(), seconds)
         except TimeoutError:
@@ -162,6 +179,10 @@ class ClientSession:
         return True
 
     async def _add_track(self, req: rtc.AddTrackRequest) -> bool:
+        self._room.on_client_publishing()
+        held = self._publish_delay
+        if held > 0 and await self._closed_within(held):
+            return False  # the socket closed while the answer was held
         track = models.TrackInfo(
             sid=new_sid("TR"),
             type=req.type,

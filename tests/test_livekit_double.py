@@ -449,7 +449,8 @@ async def test_signal_protocol_by_hand() -> None:
                 join = (await _recv(ws)).join
                 model = join.other_participants[0]
                 assert join.participant.identity == "raw-client"
-                assert not join.subscriber_primary
+                # As a real LiveKit server answers a /rtc client allowed to subscribe and publish.
+                assert join.subscriber_primary and join.fast_publish
                 assert model.identity == MODEL and model.tracks[0].sid.startswith("TR_")
 
                 offer = (await _recv(ws)).offer

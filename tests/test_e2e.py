@@ -285,6 +285,7 @@ PHASES: dict[str, ServerKnobs] = {
     "joining": ServerKnobs(room_info_delay=30),
     "queued": ServerKnobs(capacity=0),
     "room_connecting": ServerKnobs(media_setup_delay=3),
+    "publishing": ServerKnobs(publish_delay=3),  # the double holds its track_published
     "backoff": ServerKnobs(close_at=FaultPhase.BEFORE_ROOM_INFO),
     "connected": ServerKnobs(),
     "generating": ServerKnobs(),
@@ -314,12 +315,19 @@ async def test_leaving_in_any_phase_leaves_nothing_behind(phase: str) -> None:
                     await until(lambda: session.state is ConnectionState.GENERATING)
                 # "connected": leave as soon as connect returns
 
+        async def publishing() -> None:
+            await until(lambda: bool(rooms_of(server)))
+            await rooms_of(server)[0].wait_client_publishing()
+            reached.set()
+
         if phase in ("connected", "generating"):
             with anyio.fail_after(WAIT):
                 await run()
         else:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run)
+                if phase == "publishing":
+                    tg.start_soon(publishing)
                 with anyio.fail_after(WAIT):
                     await reached.wait()
                 await anyio.sleep(0.5)  # well into the phase (room_info/media take longer)

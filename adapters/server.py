@@ -115,6 +115,11 @@ class _Connection:
         return f"<connection {self.number} {self.engine.phase.value}>"
 
 
+def _utf8_len(text: str) -> int:
+    # ASCII (every image frame) is one byte a character: no 10 MB copy to count it.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def _reference_swatch(data: bytes) -> np.ndarray:
     """Decode a reference and keep only what the echo model uses, its mean
     colour, as a 1x1 image: computed once here instead of on every camera
@@ -281,7 +286,7 @@ class ReferenceServer:
                     await self._wait_for_reader(connection)
                 if bandwidth is not None:
                     # The simulated uplink: this frame took its size / bandwidth to arrive.
-                    size = len(frame.encode() if isinstance(frame, str) else frame)
+                    size = len(frame) if isinstance(frame, bytes) else _utf8_len(frame)
                     await asyncio.sleep(size / bandwidth)
                 self._feed(connection, FrameIn(frame))
         except ConnectionClosed:

@@ -304,6 +304,8 @@ def _utf8_len_exceeds(text: str, limit: int) -> bool:
         return False
     if len(text) > limit:
         return True
+    if text.isascii():  # O(1) in CPython; an image frame is ASCII
+        return False
     return len(text.encode("utf-8", "surrogatepass")) > limit
 
 

@@ -23,7 +23,7 @@ import attrs
 import click
 
 from leanjoin.adapters.server import ReferenceServer
-from leanjoin.engine.server_config import AckDrop, FaultPhase, ServerKnobs
+from leanjoin.engine.server_config import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
 
 DEFAULT_PORT: Final = 8765
 
@@ -40,6 +40,7 @@ _PLAIN_TYPES: Final[dict[str, type]] = {
 _ENUM_TYPES: Final[dict[str, type[enum.Enum]]] = {
     "AckDrop": AckDrop,
     "FaultPhase | None": FaultPhase,
+    "MediaFailurePhase | None": MediaFailurePhase,
 }
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -47,6 +47,7 @@ from leanjoin.engine.server_io import (
     ConfigureModel,
     CreateRoom,
     DecodeReference,
+    FailMedia,
     FrameIn,
     Opened,
     PeerClosed,
@@ -99,8 +100,9 @@ class _Connection:
         self.number = number
         self.socket = socket
         self.engine = engine
-        # Frames to send, in order; a CloseConnection or None (stop) ends the writer.
-        self.outbox: deque[str | CloseConnection | None] = deque()
+        # Frames to send, in order; a FailMedia is done once the frames before it
+        # are sent; a CloseConnection or None (stop) ends the writer.
+        self.outbox: deque[str | CloseConnection | FailMedia | None] = deque()
         self.outbox_bytes = 0  # characters of the frames waiting in the outbox
         self.drained = asyncio.Event()  # set while the outbox is below the high mark
         self.drained.set()
@@ -327,6 +329,9 @@ class ReferenceServer:
                     if isinstance(item, CloseConnection):
                         await socket.close(item.code, item.reason)
                         return
+                    if isinstance(item, FailMedia):
+                        self._fail_media(connection)
+                        continue
                     await socket.send(item)
                     connection.outbox_bytes -= len(item)
                     if connection.outbox_bytes <= OUTBOX_LOW_BYTES:
@@ -385,7 +390,8 @@ class ReferenceServer:
         self._arm(connection)
 
     def _perform(self, connection: _Connection, output: ServerOutput) -> None:
-        if isinstance(output, SendFrame | CloseConnection):
+        if isinstance(output, SendFrame | CloseConnection | FailMedia):
+            # In the outbox: a media failure comes after the frames output before it.
             if isinstance(output, SendFrame):
                 connection.outbox.append(output.frame)
                 connection.outbox_bytes += len(output.frame)
@@ -515,6 +521,20 @@ class ReferenceServer:
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _fail_media(self, connection: _Connection) -> None:
+        """The ``media_failure_at`` fault: the LiveKit double makes the session's
+        room participants leave with reason MEDIA_FAILURE. The session goes on;
+        its client is expected to give up the attempt (or reconnect)."""
+        room = connection.room
+        if room is None or not room.participants:
+            log.info("session %d: media failure injected; no client in the room", connection.number)
+            return
+        log.info("session %d: media failure injected", connection.number)
+        # Not a connection task: `_end` must not cancel a leave half sent.
+        task = asyncio.get_running_loop().create_task(room.fail_media())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _forget(self, connection: _Connection) -> None:
         self._connections.discard(connection)

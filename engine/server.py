@@ -59,6 +59,7 @@ from .server_io import (
     ConfigureModel,
     CreateRoom,
     DecodeReference,
+    FailMedia,
     FrameIn,
     Opened,
     PeerClosed,
@@ -319,6 +320,9 @@ class ServerSession:
             return
         if self.knobs.error_at is fault:
             self._send(Error(self.knobs.error_text))
+        media = self.knobs.media_failure_at
+        if media is not None and media.phase is fault:
+            self._emit(FailMedia())
         if self.knobs.close_at is fault:
             self._close(CLOSE_INTERNAL, f"injected close at {fault.value}")
 

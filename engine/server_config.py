@@ -31,6 +31,21 @@ class FaultPhase(enum.Enum):
     GENERATING = "generating"  # right after generation_started
 
 
+class MediaFailurePhase(enum.Enum):
+    """Where in a session the media server fails the client's media (the
+    ``media_failure_at`` knob): the phases of :class:`FaultPhase` in which the
+    client is in its room."""
+
+    PUBLISHING = "publishing"
+    CLIENT_VIDEO = "client_video"
+    GENERATING = "generating"
+
+    @property
+    def phase(self) -> FaultPhase:
+        """The same phase as a :class:`FaultPhase`."""
+        return FaultPhase(self.value)
+
+
 class AckDrop(enum.Enum):
     """Which acks the server never sends."""
 
@@ -120,6 +135,14 @@ class ServerKnobs:
         validator=_phase,
         metadata=_help("close the connection when a session reaches this phase"),
     )
+    media_failure_at: MediaFailurePhase | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.instance_of(MediaFailurePhase)),
+        metadata=_help(
+            "the LiveKit double ends the client's room media (leave with reason "
+            "MEDIA_FAILURE, no reconnect) when a session reaches this phase"
+        ),
+    )
     fault_connections: int | None = attrs.field(
         default=None,
         validator=count(0, optional=True),
@@ -189,5 +212,6 @@ class ServerKnobs:
             drop_ack=AckDrop.NONE,
             error_at=None,
             close_at=None,
+            media_failure_at=None,
             refuse_media=False,
         )

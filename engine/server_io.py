@@ -209,6 +209,13 @@ class StopModel:
     pass
 
 
+@attrs.frozen
+class FailMedia:
+    """The ``media_failure_at`` fault: make the media server end the client's media
+    in this session's room (``leave`` with reason MEDIA_FAILURE, no reconnect).
+    Performed after every frame output before it has been sent."""
+
+
 ServerEffect: TypeAlias = (
     SendFrame
     | CloseConnection
@@ -218,6 +225,7 @@ ServerEffect: TypeAlias = (
     | DecodeReference
     | ConfigureModel
     | StopModel
+    | FailMedia
 )
 
 

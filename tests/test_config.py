@@ -6,9 +6,11 @@ import math
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from leanjoin.adapters.serve_cli import knobs_from_options, serve
 from leanjoin.engine.config import RetryPolicy, SessionConfig, Timeouts
-from leanjoin.engine.server_config import ServerKnobs
+from leanjoin.engine.server_config import FaultPhase, MediaFailurePhase, ServerKnobs
 
 
 @pytest.mark.parametrize(
@@ -70,3 +72,21 @@ def test_none_only_where_it_means_something() -> None:
 def test_counts_and_bounds(make: Any) -> None:
     with pytest.raises(ValueError):
         make()
+
+
+def test_media_failure_at_takes_only_phases_in_which_the_client_is_in_its_room() -> None:
+    for media in MediaFailurePhase:
+        assert media.phase.value == media.value
+        assert ServerKnobs(media_failure_at=media).without_faults().media_failure_at is None
+    for wrong in (FaultPhase.BEFORE_ROOM_INFO, FaultPhase.PUBLISHING, "publishing"):
+        with pytest.raises(TypeError, match="media_failure_at"):
+            ServerKnobs(media_failure_at=wrong)  # type: ignore[arg-type]
+
+
+def test_media_failure_at_is_a_serve_option_with_its_phases_only() -> None:
+    help_text = CliRunner().invoke(serve, ["--help"]).output
+    assert "--media-failure-at [publishing|client_video|generating]" in help_text
+    knobs = knobs_from_options({"media_failure_at": "client_video"})
+    assert knobs.media_failure_at is MediaFailurePhase.CLIENT_VIDEO
+    refused = CliRunner().invoke(serve, ["--media-failure-at", "queued"])
+    assert refused.exit_code == 2 and "queued" in refused.output

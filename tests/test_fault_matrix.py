@@ -61,7 +61,7 @@ from leanjoin.adapters.server import ReferenceServer
 from leanjoin.engine.config import InitialState
 from leanjoin.engine.inputs import ChangePrompt, RequestId
 from leanjoin.engine.outputs import ErrorKind
-from leanjoin.engine.server_config import AckDrop, FaultPhase, ServerKnobs
+from leanjoin.engine.server_config import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -155,6 +155,8 @@ def _knob_value(name: str, text: str) -> object:
     default = _KNOB_FIELDS[name].default
     if name in ("error_at", "close_at"):
         return FaultPhase(text)
+    if name == "media_failure_at":
+        return MediaFailurePhase(text)
     if name == "drop_ack":
         return AckDrop(text)
     if name == "error_text":
@@ -594,7 +596,7 @@ def check_timing(row: Row, plan: Plan, outcome: Outcome) -> None:
             assert room_info, "no room_info milestone for the timed-out attempt"
             waited = token.at - room_info[0]
             assert waited >= plan.timeouts["initial_state_ack"] - EPSILON, waited
-    at_start = FaultPhase.GENERATING in (plan.knobs.get("error_at"), plan.knobs.get("close_at"))
+    at_start = FaultPhase.GENERATING in [phase for _knob, phase in _phase_faults(plan)]
     if at_start and row.phase == "runtime request":
         # The fault is timed to generation start: the request must have gone out before it.
         assert outcome.sent_while == [ConnectionState.CONNECTED], outcome.sent_while
@@ -602,13 +604,28 @@ def check_timing(row: Row, plan: Plan, outcome: Outcome) -> None:
 
 
 # The user state a fault injected at a server phase hits: `connecting` up to `publishing`.
-# A close while generating comes after `generation_ended` (§9.5), so in `connected`.
+# A close while generating comes after `generation_ended` (§9.5), so in `connected`; a
+# media failure while generating comes after `generation_started` (the server sends
+# the frames it output before the fault first).
 _STATE_AT_FAULT: Final = {
     ("error_at", FaultPhase.CLIENT_VIDEO): ConnectionState.CONNECTED,
     ("close_at", FaultPhase.CLIENT_VIDEO): ConnectionState.CONNECTED,
+    ("media_failure_at", FaultPhase.CLIENT_VIDEO): ConnectionState.CONNECTED,
     ("error_at", FaultPhase.GENERATING): ConnectionState.GENERATING,
     ("close_at", FaultPhase.GENERATING): ConnectionState.CONNECTED,
+    ("media_failure_at", FaultPhase.GENERATING): ConnectionState.GENERATING,
 }
+
+
+def _phase_faults(plan: Plan) -> list[tuple[str, FaultPhase]]:
+    """The row's faults fired at a server phase, as (knob, phase)."""
+    faults: list[tuple[str, FaultPhase]] = [
+        (k, plan.knobs[k]) for k in ("error_at", "close_at") if k in plan.knobs
+    ]
+    media: MediaFailurePhase | None = plan.knobs.get("media_failure_at")
+    if media is not None:
+        faults.append(("media_failure_at", media.phase))
+    return faults
 
 
 def _first(milestones: list[tuple[float, int, str]], attempt: int, name: str) -> float | None:
@@ -631,9 +648,8 @@ def _in_window(row_phase: str, milestones: list[tuple[float, int, str]], at: flo
 
 def check_fault_phase(row: Row, plan: Plan, outcome: Outcome) -> None:
     """The fault hit the client in the row's phase, not merely somewhere."""
-    knob = next((k for k in ("error_at", "close_at") if plan.knobs.get(k) is not None), None)
+    knob, phase = next(iter(_phase_faults(plan)), (None, None))
     if knob is not None or plan.early_loss is not None:
-        phase: FaultPhase | None = None if knob is None else plan.knobs[knob]
         expected = ConnectionState.CONNECTING
         if knob is not None and phase is not None:
             expected = _STATE_AT_FAULT.get((knob, phase), expected)

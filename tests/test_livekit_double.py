@@ -395,6 +395,25 @@ async def test_disconnect_participants_ends_the_client_room() -> None:
             assert client.reason == rtc.DisconnectReason.ROOM_DELETED
 
 
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_fail_media_makes_a_publishing_client_leave_with_media_failure() -> None:
+    async with LiveKitDouble() as lk, anyio.create_task_group() as tg:
+        handle = lk.room("media")
+        async with _client() as client:
+            await client.connect(lk, "media")
+            tg.start_soon(_feed, await _publish_camera(client.room, _vp8()))
+            with anyio.fail_after(15):
+                await handle.wait_client_video()
+            with anyio.fail_after(10):
+                await handle.fail_media()
+            assert handle.participants == 0
+            with anyio.fail_after(10):
+                await client.disconnected.wait()
+            assert client.reason == rtc.DisconnectReason.MEDIA_FAILURE
+            tg.cancel_scope.cancel()
+
+
 def _double_tasks(baseline: set[asyncio.Task[object]]) -> list[asyncio.Task[object]]:
     # The real client's own Python tasks are not the double's business.
     current = asyncio.current_task()

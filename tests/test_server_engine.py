@@ -27,7 +27,7 @@ from leanjoin.engine.server import (
     ServerSession,
     UsageError,
 )
-from leanjoin.engine.server_config import AckDrop, FaultPhase, ServerKnobs
+from leanjoin.engine.server_config import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
 from leanjoin.engine.server_io import (
     ClientPublishing,
     ClientVideoArrived,
@@ -35,6 +35,7 @@ from leanjoin.engine.server_io import (
     ConfigureModel,
     CreateRoom,
     DecodeReference,
+    FailMedia,
     FrameIn,
     Opened,
     PeerClosed,
@@ -659,6 +660,37 @@ def test_a_close_on_client_video_starts_no_generation() -> None:
     assert not effects(out, ConfigureModel) and h.phase() is P.CLOSED
 
 
+@pytest.mark.parametrize("media", list(MediaFailurePhase))
+def test_media_failure_at_fails_the_media_once_in_that_phase_and_goes_on(
+    media: MediaFailurePhase,
+) -> None:
+    knobs, reports = FAULT_SETUPS[media.phase]
+    h = Harness(attrs.evolve(knobs, media_failure_at=media))
+    h.open()
+    h.join(passthrough=True)
+    out = h.new()
+    for report in MEDIA_REPORTS[:reports]:
+        assert not effects(out, FailMedia), f"failed before {media.value}"
+        h.feed(0, report)
+        out = h.new()
+    assert effects(out, FailMedia) == [FailMedia()]
+    (entered,) = [o for o in effects(out, PhaseChanged) if FAULT_PHASES[o.phase] is media.phase]
+    assert out.index(entered) < out.index(FailMedia())
+    if media is MediaFailurePhase.GENERATING:  # the client hears generation started first
+        sent = [o.kind for o in out[: out.index(FailMedia())] if isinstance(o, SendFrame)]
+        assert "generation_started" in sent
+    assert h.phase() is not P.CLOSED and not effects(out, CloseConnection)
+
+
+@pytest.mark.parametrize("media", list(MediaFailurePhase))
+def test_media_failure_at_spares_unfaulted_sessions(media: MediaFailurePhase) -> None:
+    h = Harness(ServerKnobs(media_failure_at=media))
+    h.sessions[0] = ServerSession(h.knobs, KEY, faults=False)
+    _walk(h, 2)
+    assert h.phase() is P.GENERATING
+    assert not effects(h.new(), FailMedia)
+
+
 def test_faults_can_be_switched_off_per_session() -> None:
     session = ServerSession(ServerKnobs(close_at=FaultPhase.BEFORE_JOIN), KEY, faults=False)
     session.handle(Opened(api_key=KEY), 0.0)
@@ -876,6 +908,7 @@ PROPERTY_KNOBS = [
     ServerKnobs(
         capacity=1, error_at=FaultPhase.CLIENT_VIDEO, close_at=FaultPhase.PUBLISHING, frame_burst=30
     ),
+    ServerKnobs(capacity=1, media_failure_at=MediaFailurePhase.CLIENT_VIDEO),
 ]
 
 

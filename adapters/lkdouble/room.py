@@ -96,6 +96,12 @@ class RoomHandle:
         # Return only once they are gone, so `participants` is 0 right after.
         await asyncio.gather(*(member.wait_closed() for member in members))
 
+    async def fail_media(self) -> None:
+        """The media server can no longer carry this room's media: every client is
+        told to leave with reason MEDIA_FAILURE (no reconnect), as a LiveKit server
+        does, and its socket is closed. Returns once they are gone."""
+        await self.disconnect_participants("media_failure")
+
     # Called by the signal sessions, not part of the public API.
 
     def on_client_frame(self, frame: Frame) -> Frame | None:

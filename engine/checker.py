@@ -26,7 +26,7 @@ from typing import Final, Protocol
 import attrs
 
 from .checker_model import Choice, Model, World, choices, initial_world
-from .checker_moves import step
+from .checker_moves import SERVER_PUBLISHING, step
 from .checker_state import Snapshot, freeze
 from .invariants import InvariantViolation, settle_by_timers
 
@@ -37,6 +37,7 @@ TARGETS: Final = (
     "reconnecting",
     "early_ack_claimed",
     "stale_input_dropped",
+    SERVER_PUBLISHING,
 )
 """Labels the model must reach; others (retrying, gave_up) are informative."""
 

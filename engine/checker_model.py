@@ -16,6 +16,11 @@ What is abstracted, and why:
 * Media: the room connect, the publish and the arrival of the client's video
   at the server are choices; the server's room is ready at once and its
   reference image decodes at once (neither reaches the client directly).
+  The server hears of the client's publication (``ClientPublishing``) as
+  the client asks for it (``PublishTracks``), as the media server sees the
+  request before it answers; the video arrives only after the answer
+  (``TracksPublished``), so the server goes in_room, publishing, streaming,
+  as with the real media server, and never from in_room to streaming.
 * Time moves only to the next deadline of either engine (``time``): between
   deadlines only the order of inputs matters, not how far apart they are.
 * Faults are choices bounded by a budget: a failed socket open (transient or

@@ -71,6 +71,7 @@ from .outputs import (
 )
 from .server import ServerSession
 from .server_io import (
+    ClientPublishing,
     ClientVideoArrived,
     CloseConnection,
     CreateRoom,
@@ -78,12 +79,14 @@ from .server_io import (
     FrameIn,
     Opened,
     PeerClosed,
+    PhaseChanged,
     ProblemNoted,
     ReferenceDecoded,
     ReleaseSlot,
     RequestSlot,
     RoomReady,
     ServerOutput,
+    SessionPhase,
     Shutdown,
 )
 from .server_io import SendFrame as ServerSend
@@ -92,6 +95,10 @@ from .server_io import SendFrame as ServerSend
 SERVER_NEVER_SURPRISES_THE_CLIENT: Final = "server_never_surprises_the_client"
 CLIENT_NEVER_OFFENDS_THE_SERVER: Final = "client_never_offends_the_server"
 COMPOSED_NAMES: Final = (SERVER_NEVER_SURPRISES_THE_CLIENT, CLIENT_NEVER_OFFENDS_THE_SERVER)
+
+# Labels of the server's phases (the client's are its connection states).
+SERVER_PUBLISHING: Final = "server_publishing"
+_SERVER_LABELS: Final = {SessionPhase.PUBLISHING: SERVER_PUBLISHING}
 
 # ---- making a move ----------------------------------------------------------------
 
@@ -183,6 +190,8 @@ class _Move:
             # What the server's error_at knob does: an error frame, the socket stays.
             link.s2c.append(SERVER_ERROR)
         elif name == "video_arrives":
+            # Only once the client's tracks are published, so after the
+            # ClientPublishing its PublishTracks gave: never from in_room.
             link.video = True
             self.serve(link, ClientVideoArrived())
         else:
@@ -263,7 +272,13 @@ class _Move:
         elif isinstance(output, ConnectRoom):
             self.link().room = Room.CONNECTING
         elif isinstance(output, PublishTracks):
-            self.link().room = Room.PUBLISHING
+            link = self.link()
+            link.room = Room.PUBLISHING
+            # The media server hears of the publication as the client asks for
+            # it (the room's add_track), before it answers (TracksPublished)
+            # and before any video can flow: the session is told at once.
+            if link.server is not None:
+                self.serve(link, ClientPublishing())
 
     def supersede(self, link: Link, close: CloseSocket) -> None:
         """The client closed this attempt's socket: the server hears of it, and
@@ -327,6 +342,10 @@ class _Move:
             work.append((key, RoomReady("ws://lk.invalid", "token", f"room-{key}", f"sess-{key}")))
         elif isinstance(output, DecodeReference):
             work.append((key, ReferenceDecoded(output.request)))
+        elif isinstance(output, PhaseChanged):
+            label = _SERVER_LABELS.get(output.phase)
+            if label is not None:
+                self.labels.add(label)
         elif (
             isinstance(output, ProblemNoted)
             and self.model.knobs == self.model.knobs.without_faults()
@@ -335,7 +354,7 @@ class _Move:
             # could not send never arrives: a server without injected faults
             # has nothing to refuse.
             raise InvariantViolation(CLIENT_NEVER_OFFENDS_THE_SERVER, output.detail)
-        # Model configuration and phase changes stay on the server.
+        # Model configuration stays on the server.
 
 
 def _check_not_surprised(error: ErrorOccurred) -> None:

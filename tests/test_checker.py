@@ -18,6 +18,7 @@ from transitions import EventData
 from leanjoin.adapters.check_cli import check, save_trace
 from leanjoin.adapters.check_parallel import explore_parallel
 from leanjoin.engine import client as client_module
+from leanjoin.engine import server as server_module
 from leanjoin.engine import trace as trace_module
 from leanjoin.engine.attempt import AckWatch, Attempt, Deadline
 from leanjoin.engine.checker import (
@@ -31,10 +32,15 @@ from leanjoin.engine.checker import (
 from leanjoin.engine.checker_model import (
     Bounds,
     Model,
+    Room,
     World,
     initial_world,
 )
-from leanjoin.engine.checker_moves import SERVER_NEVER_SURPRISES_THE_CLIENT, step
+from leanjoin.engine.checker_moves import (
+    SERVER_NEVER_SURPRISES_THE_CLIENT,
+    SERVER_PUBLISHING,
+    step,
+)
 from leanjoin.engine.checker_report import counterexample
 from leanjoin.engine.client import ClientSession, Phase
 from leanjoin.engine.config import SessionConfig
@@ -43,6 +49,7 @@ from leanjoin.engine.invariants import NAMES
 from leanjoin.engine.messages import PromptAck, SetImageAck
 from leanjoin.engine.outputs import ErrorKind, ErrorOccurred, Output
 from leanjoin.engine.server import ServerSession
+from leanjoin.engine.server_io import ClientVideoArrived, SessionPhase
 from leanjoin.engine.trace import replay
 
 SMALL = Bounds(max_faults=2, max_connects=2, rival=True)
@@ -69,6 +76,30 @@ def test_a_small_exhaustive_run_passes_and_reaches_every_target() -> None:
         for choice in path:
             labels = step(world, choice, Model(bounds=SMALL))
         assert label in labels
+
+
+def test_the_server_hears_of_the_publication_before_the_video(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server goes in_room, publishing (the client asked to publish),
+    streaming: its video never arrives while it is still in_room."""
+    seen: set[SessionPhase] = set()
+    original = server_module._HANDLERS[ClientVideoArrived]
+
+    def on_video(self: ServerSession, arrived: ClientVideoArrived) -> None:
+        seen.add(self.phase)
+        original(self, arrived)
+
+    monkeypatch.setitem(server_module._HANDLERS, ClientVideoArrived, on_video)
+    model = Model(bounds=NO_RIVAL)
+    result = explore(model, depth=9)
+    assert result.violation is None
+    assert seen == {SessionPhase.PUBLISHING}
+    world = initial_world(model)
+    for choice in result.reached[SERVER_PUBLISHING]:
+        step(world, choice, model)
+    assert world.link is not None and world.link.server is not None
+    assert (world.link.room, world.link.server.phase) == (Room.PUBLISHING, SessionPhase.PUBLISHING)
 
 
 def test_two_workers_explore_the_same_space() -> None:

@@ -117,6 +117,27 @@ class _Connection:
         return f"<connection {self.number} {self.engine.phase.value}>"
 
 
+class _UplinkConnection(ServerConnection):
+    """Notes when bytes first come in after a message was taken: where the next
+    message starts on the simulated uplink (received over loopback, a frame is
+    complete long before the link would have carried it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.first_bytes_at: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.first_bytes_at is None:
+            self.first_bytes_at = self.loop.time()
+        super().data_received(data)
+
+    def take_arrival(self, previous_taken: float) -> float:
+        """When the message just taken began to arrive: the first bytes after the
+        previous one was taken, or then, if they were already buffered."""
+        arrived, self.first_bytes_at = self.first_bytes_at, None
+        return previous_taken if arrived is None else arrived
+
+
 def _utf8_len(text: str) -> int:
     # ASCII (every image frame) is one byte a character: no 10 MB copy to count it.
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
@@ -209,6 +230,7 @@ class ReferenceServer:
                 # asyncio's default accept backlog (100) drops a burst of connects,
                 # and a dropped SYN costs its client a one-second retransmit.
                 backlog=LISTEN_BACKLOG,
+                create_connection=_UplinkConnection,
                 logger=_wire_logger(),
             )
         except BaseException:
@@ -283,13 +305,20 @@ class ReferenceServer:
                 ),
             )
             bandwidth = self.knobs.uplink_bytes_per_second
+            assert isinstance(socket, _UplinkConnection)
+            loop = asyncio.get_running_loop()
+            taken = link_free = loop.time()
+            socket.first_bytes_at = None  # the opening handshake is not charged
             async for frame in socket:
+                arrived, taken = socket.take_arrival(taken), loop.time()
                 if not connection.drained.is_set():
                     await self._wait_for_reader(connection)
                 if bandwidth is not None:
-                    # The simulated uplink: this frame took its size / bandwidth to arrive.
+                    # The simulated uplink: frames cross it one after another, each
+                    # taking its size / bandwidth from when its first bytes came in.
                     size = len(frame) if isinstance(frame, bytes) else _utf8_len(frame)
-                    await asyncio.sleep(size / bandwidth)
+                    link_free = max(link_free, arrived) + size / bandwidth
+                    await asyncio.sleep(max(0.0, link_free - loop.time()))
                 self._feed(connection, FrameIn(frame))
         except ConnectionClosed:
             pass  # reported below, with the code the socket saw

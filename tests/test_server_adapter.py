@@ -434,6 +434,22 @@ async def test_the_uplink_throttle_delays_what_the_server_reads() -> None:
 
 
 @pytest.mark.anyio
+async def test_the_uplink_carries_frames_one_after_another() -> None:
+    """Sent back to back, two 30 kB frames cross a 100 kB/s uplink in 0.6 s, not
+    0.3 s each in parallel: the link is busy until the first one is through."""
+    async with running(uplink_bytes_per_second=100_000) as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": True})
+        await recv(socket)
+        started = anyio.current_time()
+        await send(socket, {"type": "prompt", "prompt": "a" * 30_000})
+        await send(socket, {"type": "prompt", "prompt": "b" * 30_000})
+        first, _ = await until(socket, "prompt_ack")
+        second, _ = await until(socket, "prompt_ack")
+        assert first["prompt"].startswith("a") and second["prompt"].startswith("b")
+        assert anyio.current_time() - started >= 0.6
+
+
+@pytest.mark.anyio
 async def test_shutdown_ends_generation_and_closes_going_away() -> None:
     server = ReferenceServer()
     async with server:

@@ -38,6 +38,7 @@ from websockets.http11 import Request, Response
 from leanjoin.adapters.echo_model import decode_reference, echo_transform, mean_colour
 from leanjoin.adapters.lkdouble import LiveKitDouble, RoomHandle
 from leanjoin.engine.admission import Admission
+from leanjoin.engine.codec import utf8_size
 from leanjoin.engine.server import ServerSession
 from leanjoin.engine.server_config import ServerKnobs
 from leanjoin.engine.server_io import (
@@ -136,11 +137,6 @@ class _UplinkConnection(ServerConnection):
         previous one was taken, or then, if they were already buffered."""
         arrived, self.first_bytes_at = self.first_bytes_at, None
         return previous_taken if arrived is None else arrived
-
-
-def _utf8_len(text: str) -> int:
-    # ASCII (every image frame) is one byte a character: no 10 MB copy to count it.
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _reference_swatch(data: bytes) -> np.ndarray:
@@ -316,7 +312,7 @@ class ReferenceServer:
                 if bandwidth is not None:
                     # The simulated uplink: frames cross it one after another, each
                     # taking its size / bandwidth from when its first bytes came in.
-                    size = len(frame) if isinstance(frame, bytes) else _utf8_len(frame)
+                    size = len(frame) if isinstance(frame, bytes) else utf8_size(frame)
                     link_free = max(link_free, arrived) + size / bandwidth
                     await asyncio.sleep(max(0.0, link_free - loop.time()))
                 self._feed(connection, FrameIn(frame))

@@ -298,15 +298,19 @@ _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
+def utf8_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8; an ASCII text (every image frame) is counted
+    without a copy (``str.isascii`` is O(1) in CPython)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def _utf8_len_exceeds(text: str, limit: int) -> bool:
-    # A character is 1 to 4 UTF-8 bytes: only encode when the bounds disagree.
+    # A character is 1 to 4 UTF-8 bytes: only count when the bounds disagree.
     if len(text) * 4 <= limit:
         return False
     if len(text) > limit:
         return True
-    if text.isascii():  # O(1) in CPython; an image frame is ASCII
-        return False
-    return len(text.encode("utf-8", "surrogatepass")) > limit
+    return utf8_size(text) > limit
 
 
 def _parse(

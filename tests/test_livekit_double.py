@@ -273,8 +273,9 @@ async def test_bad_tokens_are_refused_with_a_reason(caplog: pytest.LogCaptureFix
 
 @pytest.mark.e2e
 @pytest.mark.anyio
-async def test_refuse_media_refuses_every_join() -> None:
-    async with LiveKitDouble(refuse_media=True) as lk:
+async def test_a_room_that_refuses_joins_fails_the_real_clients_connect_with_the_reason() -> None:
+    async with LiveKitDouble() as lk:
+        lk.room("r").refuses_joins = True
         room = rtc.Room()
         try:
             with anyio.fail_after(20), pytest.raises(rtc.ConnectError) as refused:

@@ -5,7 +5,7 @@ Routes:
 * ``/rtc/v1...`` -> HTTP 404, so the real client falls back to the dual peer
   connection ("v0") path, the only one this double serves;
 * ``/rtc`` -> token check (HTTP 401 with the reason when refused; HTTP 503 when
-  ``refuse_media`` is set, or the room's ``refuses_joins``), then the signal
+  the room ``refuses_joins``: the ``refuse_media`` fault), then the signal
   WebSocket (:mod:`.session`);
 * ``/rtc/validate`` -> the same checks as plain HTTP: the client calls it after a
   failed upgrade and puts the body into its connect error.
@@ -57,7 +57,6 @@ class LiveKitDouble:
         media_setup_delay: float = 0.0,
         join_answer_delay: float = 0.0,
         publish_delay: float = 0.0,
-        refuse_media: bool = False,
         model_identity: str = "inference-server-echo",
     ) -> None:
         self._host = host
@@ -67,7 +66,6 @@ class LiveKitDouble:
         self._media_setup_delay = media_setup_delay
         self._join_answer_delay = join_answer_delay
         self._publish_delay = publish_delay
-        self._refuse_media = refuse_media
         self._model_identity = model_identity
         self._rooms: dict[str, RoomHandle] = {}
         self._held: set[str] = set()  # asked for by room(), kept even empty until released
@@ -194,8 +192,8 @@ class LiveKitDouble:
             log.info("join refused: %s", refused)
             return connection.respond(401, f"{refused}\n")
         room = self.find_room(admission.room)
-        if self._refuse_media or (room is not None and room.refuses_joins):
-            log.info("join of %r refused: refuse_media is set", admission.identity)
+        if room is not None and room.refuses_joins:
+            log.info("join of %r refused: its room refuses joins", admission.identity)
             return connection.respond(503, f"{REFUSE_MEDIA_REASON}\n")
         if path == "/rtc/validate":
             return connection.respond(200, "success\n")

@@ -540,12 +540,8 @@ class ReferenceServer:
         room = connection.room
         if room is not None:
             self._livekit.release_room(room.name)
-        if room is not None and room.participants:
-            task = asyncio.get_running_loop().create_task(
-                room.disconnect_participants("session ended")
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            if room.participants:
+                self._in_background(room.disconnect_participants("session ended"))
 
     def _fail_media(self, connection: _Connection) -> None:
         """The ``media_failure_at`` fault: the LiveKit double makes the session's
@@ -557,7 +553,11 @@ class ReferenceServer:
             return
         log.info("session %d: media failure injected", connection.number)
         # Not a connection task: `_end` must not cancel a leave half sent.
-        task = asyncio.get_running_loop().create_task(room.fail_media())
+        self._in_background(room.fail_media())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` past its session's end (``aclose`` cancels what is left)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from proc_status import proc_status
 from server_process import ServerProcess
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -33,13 +34,6 @@ from leanjoin.adapters.png import encode_png
 
 HANDSHAKE_TIMEOUT = 60.0  # seconds one client may take before it counts as failed
 SETTLE = 1.0  # seconds idle before the second memory reading
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc status")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -87,7 +81,7 @@ async def _run(clients: int, initial_kind: str, ramp: float) -> None:
     sockets: list[ClientConnection] = []
     try:
         await asyncio.sleep(0.5)  # let the server settle before the baseline
-        before = _rss_kib(server.pid)
+        before = proc_status(server.pid)["VmRSS"]
         cpu_before = _cpu_seconds(server.pid)
         start = asyncio.Event()
         full_url = f"{url}?api_key={key}&model=bench"
@@ -103,7 +97,7 @@ async def _run(clients: int, initial_kind: str, ramp: float) -> None:
         wall = time.perf_counter() - began
         server_cpu = _cpu_seconds(server.pid) - cpu_before
         await asyncio.sleep(SETTLE)
-        after = _rss_kib(server.pid)
+        after = proc_status(server.pid)["VmRSS"]
         open_now = sum(1 for s in sockets if s.close_code is None)
     finally:
         await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 import numpy as np
 from livekit import rtc
 from livekit.rtc._ffi_client import FfiHandle
+from proc_status import proc_status
 
 from leanjoin.adapters.lkdouble import LiveKitDouble, tokens
 
@@ -82,12 +83,8 @@ def double_process(secret: str, rooms: int) -> Iterator[str]:
 
 def rss_mib() -> tuple[float, float]:
     """(VmRSS, RssAnon) of this process."""
-    fields: dict[str, str] = {}
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            fields[key] = value
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["RssAnon"].split()[0]) / 1024
+    fields = proc_status()
+    return fields["VmRSS"] / 1024, fields["RssAnon"] / 1024
 
 
 async def feed(source: rtc.VideoSource) -> None:

@@ -37,6 +37,7 @@ import ctypes
 import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +47,7 @@ from typing import Any
 
 import anyio
 import attrs
+from proc_status import proc_status
 from server_process import ServerProcess
 
 from leanjoin.adapters import (
@@ -80,17 +82,13 @@ class Memory:
 
     @staticmethod
     def of(pid: int | str = "self") -> Memory:
-        fields: dict[str, str] = {}
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
+        fields = proc_status(pid)
 
         def mib(key: str) -> float:
-            return round(int(fields[key].split()[0]) / 1024, 1)
+            return round(fields[key] / 1024, 1)
 
         return Memory(
-            mib("VmRSS"), mib("RssAnon"), int(fields["Threads"]), len(os.listdir(f"/proc/{pid}/fd"))
+            mib("VmRSS"), mib("RssAnon"), fields["Threads"], len(os.listdir(f"/proc/{pid}/fd"))
         )
 
 
@@ -140,16 +138,13 @@ class Reconnect:
 
 
 def slope_per_minute(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (seconds, MiB) points, in MiB per minute."""
-    if len(points) < 2:
+    """Least-squares slope of (seconds, MiB) points, in MiB per minute; None for
+    fewer than two distinct times."""
+    try:
+        fit = statistics.linear_regression([t for t, _ in points], [v for _, v in points])
+    except statistics.StatisticsError:
         return None
-    mean_t = sum(t for t, _ in points) / len(points)
-    mean_v = sum(v for _, v in points) / len(points)
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    if var == 0:
-        return None
-    cov = sum((t - mean_t) * (v - mean_v) for t, v in points)
-    return round(cov / var * 60, 2)
+    return round(fit.slope * 60, 2)
 
 
 @attrs.define

@@ -12,7 +12,6 @@ data is user content and may be private.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 import re
@@ -23,7 +22,7 @@ from urllib.parse import unquote_to_bytes
 import numpy as np
 import numpy.typing as npt
 
-from leanjoin.engine.codec import Base64Text
+from leanjoin.engine.codec import Base64Text, decode_base64
 
 from .errors import ImageError, UnsupportedImageSource
 from .png import encode_png
@@ -109,7 +108,7 @@ def _decode_base64(text: str) -> bytes | None:
     compact += "=" * (-len(compact) % 4)  # tolerate stripped padding
     for altchars in (None, b"-_"):
         try:
-            return base64.b64decode(compact, altchars=altchars, validate=True)
+            return decode_base64(compact, altchars)
         except (binascii.Error, ValueError):
             continue
     return None

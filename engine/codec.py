@@ -9,6 +9,7 @@ image in a bad frame cannot leak into an error message.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import enum
 import json
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeAlias, TypeVar
 
 import attrs
+import pybase64
 
 from .messages import (
     ABSENT,
@@ -382,10 +384,25 @@ class Base64Text(str):
     def __new__(cls, data: bytes | bytearray | memoryview) -> Base64Text:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"Base64Text encodes bytes, not {type(data).__name__}")
-        return super().__new__(cls, binascii.b2a_base64(data, newline=False).decode("ascii"))
+        # SIMD base64 (pybase64): 8 MB in ~2 ms against the stdlib's ~23 ms.
+        return super().__new__(cls, pybase64.b64encode(data).decode("ascii"))
 
     def __repr__(self) -> str:
         return f"<base64, {len(self)} chars>"
+
+
+def decode_base64(text: str, altchars: bytes | None = None) -> bytes:
+    """The bytes of base64 ``text``, refused exactly as ``base64.b64decode(text,
+    altchars=altchars, validate=True)`` refuses it (``binascii.Error`` or ``ValueError``).
+
+    pybase64 decodes a 10.7 MB image in ~2 ms against the stdlib's ~40 ms; it
+    refuses a few texts the stdlib takes (a '=' after a complete quantum), so a
+    refusal is re-judged by the stdlib, which stays the definition.
+    """
+    try:
+        return pybase64.b64decode(text, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError):
+        return base64.b64decode(text, altchars=altchars, validate=True)
 
 
 def _present(obj: attrs.AttrsInstance) -> dict[str, Any]:

@@ -8,12 +8,12 @@ are a picture. Refusal texts name the problem and the limits, never content.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import enum
 
 import attrs
 
+from .codec import decode_base64
 from .messages import ABSENT, InitialStateBody, Prompt, PromptAck, SetImage, SetImageAck
 from .server_io import RequestId
 
@@ -73,7 +73,7 @@ def image_bytes(text: str, limit: int) -> tuple[bytes | None, str | None]:
     if approx > limit + 2:
         return None, f"reference image is about {approx} bytes, over the limit of {limit} bytes"
     try:
-        data = base64.b64decode(text, validate=True)
+        data = decode_base64(text)
     except (binascii.Error, ValueError):
         return None, "reference image is not valid base64"
     if not data:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import attrs
 import jsonschema
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from leanjoin.engine import messages as m
@@ -19,6 +21,7 @@ from leanjoin.engine.codec import (
     FrameProblem,
     IgnoredFrame,
     ProblemKind,
+    decode_base64,
     encode,
     parse_client_frame,
     parse_server_frame,
@@ -257,3 +260,49 @@ def test_base64_text_is_made_from_bytes_only() -> None:
     with pytest.raises(TypeError, match="encodes bytes, not str"):
         Base64Text('"},"type":"x')  # type: ignore[arg-type]
     assert "/wA" not in repr(Base64Text(b"\xff\x00"))  # image data stays out of reprs
+
+
+@given(st.binary(max_size=300))
+def test_base64_text_is_the_stdlib_encoding(data: bytes) -> None:
+    """The SIMD encoder writes what ``base64.b64encode`` writes."""
+    assert Base64Text(data) == base64.b64encode(data).decode("ascii")
+
+
+# Alphabet, padding, whitespace, URL-safe and non-ASCII characters.
+_NOISE = st.text(st.sampled_from([*"ABab+/09=-_", "\n", " ", "\u00e9"]), max_size=14)
+_ENCODED = st.binary(max_size=12).flatmap(
+    lambda data: st.sampled_from(
+        [base64.b64encode(data).decode(), base64.urlsafe_b64encode(data).decode()]
+    )
+)
+# Real encodings, real encodings with something after them, and noise.
+_BASE64_ISH = st.one_of(_ENCODED, st.tuples(_ENCODED, _NOISE).map("".join), _NOISE)
+
+
+def _stdlib(text: str, altchars: bytes | None) -> bytes | None:
+    try:
+        return base64.b64decode(text, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+@given(_BASE64_ISH, st.sampled_from([None, b"-_"]))
+def test_fast_base64_decode_refuses_and_decodes_as_the_stdlib(
+    text: str, altchars: bytes | None
+) -> None:
+    """``decode_base64`` takes the SIMD path, yet what it accepts, refuses and
+    returns is the stdlib's ``b64decode(validate=True)``, the definition the
+    spec's "valid base64" points at."""
+    expected = _stdlib(text, altchars)
+    event("valid" if expected is not None else "refused")
+    if expected is None:
+        with pytest.raises((binascii.Error, ValueError)):
+            decode_base64(text, altchars)
+    else:
+        assert decode_base64(text, altchars) == expected
+
+
+def test_fast_base64_decode_takes_what_only_the_stdlib_takes() -> None:
+    """pybase64 refuses a '=' after a complete quantum; the stdlib, and so the
+    server, accepts it."""
+    assert decode_base64("A9aA=") == base64.b64decode("A9aA=", validate=True)

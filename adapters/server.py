@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qs
 
+import attrs
 import numpy as np
 import numpy.typing as npt
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -145,6 +146,20 @@ def _reference_swatch(data: bytes) -> np.ndarray:
     frame (about 90 ms a frame for an 8 MB image), and megabytes lighter."""
     colour = mean_colour(decode_reference(data))
     return np.array([[colour]], dtype=np.uint8)
+
+
+@attrs.frozen
+class _RoomNews:
+    """What a session's room tells its engine (called inside the double's frame path)."""
+
+    server: ReferenceServer
+    connection: _Connection
+
+    def client_publishing(self) -> None:
+        self.server._feed(self.connection, ClientPublishing())
+
+    def client_video(self) -> None:
+        self.server._feed(self.connection, ClientVideoArrived())
 
 
 class ReferenceServer:
@@ -483,17 +498,8 @@ class ReferenceServer:
             return RoomFailed(f"token minting failed ({type(exc).__name__})")
         room = connection.room = self._livekit.room(room_name)
         room.refuses_joins = self.knobs.refuse_media and connection.engine.faults
-        self._spawn(connection, self._watch_publishing(connection, room))
-        self._spawn(connection, self._watch_video(connection, room))
+        room.listener = _RoomNews(self, connection)
         return RoomReady(self._livekit.url, token, room_name, session_id)
-
-    async def _watch_publishing(self, connection: _Connection, room: RoomHandle) -> None:
-        await room.wait_client_publishing()
-        self._feed(connection, ClientPublishing())
-
-    async def _watch_video(self, connection: _Connection, room: RoomHandle) -> None:
-        await room.wait_client_video()
-        self._feed(connection, ClientVideoArrived())
 
     async def _decode(self, connection: _Connection, effect: DecodeReference) -> None:
         try:
@@ -539,6 +545,7 @@ class ReferenceServer:
         connection.references.clear()
         room = connection.room
         if room is not None:
+            room.listener = None  # the closed engine hears nothing more of it
             self._livekit.release_room(room.name)
             if room.participants:
                 self._in_background(room.disconnect_participants("session ended"))

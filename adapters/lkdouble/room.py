@@ -42,6 +42,16 @@ class Member(Protocol):
     async def wait_closed(self) -> None: ...
 
 
+class RoomListener(Protocol):
+    """Told, synchronously, of a room's first client publication and first decoded
+    client frame: synchronously, so a model configured on the first frame's news
+    already styles that frame instead of the next one (a frame interval sooner)."""
+
+    def client_publishing(self) -> None: ...
+
+    def client_video(self) -> None: ...
+
+
 class RoomHandle:
     """One room: who is in it, and what the model does to client video."""
 
@@ -59,6 +69,7 @@ class RoomHandle:
         self._members: set[Member] = set()
         # The refuse_media fault for this room only: the double answers its joins with 503.
         self.refuses_joins = False
+        self.listener: RoomListener | None = None
 
     def __repr__(self) -> str:
         return f"RoomHandle(name={self.name!r}, participants={len(self._members)})"
@@ -107,7 +118,10 @@ class RoomHandle:
     def on_client_frame(self, frame: Frame) -> Frame | None:
         """Count a decoded client frame and return the model's output for it."""
         self._frames += 1
-        self._first_frame.set()
+        if not self._first_frame.is_set():
+            self._first_frame.set()
+            if self.listener is not None:
+                self.listener.client_video()  # may set the transform used just below
         transform = self._transform
         if transform is None:
             return None
@@ -119,7 +133,10 @@ class RoomHandle:
 
     def on_client_publishing(self) -> None:
         """A client asked to publish a track."""
-        self._publishing.set()
+        if not self._publishing.is_set():
+            self._publishing.set()
+            if self.listener is not None:
+                self.listener.client_publishing()
 
     def attach(self, member: Member) -> None:
         self._members.add(member)

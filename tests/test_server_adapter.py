@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from leanjoin.adapters.echo_model import mean_colour, prompt_colour
+from leanjoin.adapters.lkdouble import RoomHandle
 from leanjoin.adapters.png import encode_png
 from leanjoin.adapters.server import ReferenceServer
 from leanjoin.engine.server_config import FaultPhase, ServerKnobs
@@ -510,3 +511,31 @@ def test_serve_prints_the_url_logs_phases_without_secrets_and_stops_on_ctrl_c() 
     assert "SIGUSR1: room loss" in log and "disconnecting the participants of 0 room(s)" in log
     for secret in (key, token, RED_PNG[:40]):
         assert secret not in log
+
+
+def test_the_model_styles_the_first_client_frame_itself() -> None:
+    """first_frame_styled: the room tells its listener of the first decoded frame
+    before it looks up the transform, so a model configured on that news (as the
+    reference server's engine does on ClientVideoArrived) styles that very frame."""
+    room = RoomHandle("r", "inference-server-test")
+    heard: list[str] = []
+
+    class Listener:
+        def client_publishing(self) -> None:
+            heard.append("publishing")
+
+        def client_video(self) -> None:
+            heard.append("video")
+            room.set_transform(lambda frame: 255 - frame)
+
+    room.listener = Listener()
+    frame = np.full((4, 4, 3), 10, dtype=np.uint8)
+    room.on_client_publishing()
+    room.on_client_publishing()  # a second track: no second notice
+    first = room.on_client_frame(frame)
+    assert first is not None and int(first[0, 0, 0]) == 245
+    assert room.on_client_frame(frame) is not None
+    assert heard == ["publishing", "video"]  # once each
+    # A room nobody listens to (a closed session's) still counts frames, untransformed.
+    quiet = RoomHandle("s", "inference-server-test")
+    assert quiet.on_client_frame(frame) is None and quiet.client_video_frames == 1

@@ -7,6 +7,8 @@ The echo track is labelled the LiveKit way: msid stream id
 ``PA_<participant sid>|TR_<track sid>`` and track id ``TR_<track sid>``. aiortc has
 no public API for either, so the sender's private ``_stream_id``/``_track_id`` are
 set; aiortc is pinned (==1.16.0) for that reason and the end-to-end test covers it.
+Each incoming video track's receiver also gets a :class:`~.jitter.MarkerJitterBuffer`
+so that a client frame is decoded at its last packet, not one frame later.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 from livekit.protocol import rtc
 
-from . import ice, sdp
+from . import ice, jitter, sdp
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,13 @@ class ClientMedia:
     def _on_track(self, track: Any) -> None:
         if track.kind != "video":
             return
+        # "track" fires inside setRemoteDescription, before the transports connect:
+        # no RTP has reached the receiver's buffer yet, so swapping it loses nothing.
+        receiver = next((r for r in self.publisher.getReceivers() if r.track is track), None)
+        if receiver is None:
+            log.warning("no receiver for the client's video track: aiortc's jitter buffer kept")
+        else:
+            jitter.install(receiver)
         task = asyncio.get_running_loop().create_task(self._consume(track))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -38,6 +38,7 @@ from websockets.http11 import Request, Response
 
 from leanjoin.adapters.echo_model import decode_reference, echo_transform, mean_colour
 from leanjoin.adapters.lkdouble import LiveKitDouble, RoomHandle
+from leanjoin.adapters.prefetch import ReferencePrefetch
 from leanjoin.engine.admission import Admission
 from leanjoin.engine.codec import utf8_size
 from leanjoin.engine.server import ServerSession
@@ -113,6 +114,8 @@ class _Connection:
         self.timer_at: float | None = None
         self.room: RoomHandle | None = None
         self.references: dict[RequestId, Image] = {}
+        # The newest message whose reference was decoded as it streamed in.
+        self.prefetched: _Prefetching | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
@@ -133,14 +136,66 @@ class _UplinkConnection(ServerConnection):
             self.first_bytes_at = self.loop.time()
         super().data_received(data)
 
-    def take_arrival(self, previous_taken: float) -> float:
-        """When the message just taken began to arrive: the first bytes after the
-        previous one was taken, or then, if they were already buffered."""
-        arrived, self.first_bytes_at = self.first_bytes_at, None
-        return previous_taken if arrived is None else arrived
+
+class _Uplink:
+    """The simulated uplink of one socket: messages cross it one after another,
+    fragment by fragment, each taking its size / bandwidth, a message from when
+    its first bytes came in (or when the one before it was taken, if they were
+    buffered already). Without a bandwidth it carries everything at once."""
+
+    def __init__(self, socket: _UplinkConnection, bandwidth: float | None) -> None:
+        self._socket = socket
+        self._bandwidth = bandwidth
+        self._loop = asyncio.get_running_loop()
+        self._taken = self._free = self._loop.time()
+        socket.first_bytes_at = None  # the opening handshake is not charged
+
+    async def carry(self, fragment: str | bytes, *, first: bool) -> None:
+        """Return when ``fragment`` (the ``first`` of its message or not) is across."""
+        if first:
+            arrived = self._socket.first_bytes_at
+            self._free = max(self._free, self._taken if arrived is None else arrived)
+        if self._bandwidth is None:
+            return
+        size = len(fragment) if isinstance(fragment, bytes) else utf8_size(fragment)
+        self._free += size / self._bandwidth
+        await asyncio.sleep(max(0.0, self._free - self._loop.time()))
+
+    def taken(self) -> None:
+        """The message is complete: bytes from now on belong to the next one."""
+        self._socket.first_bytes_at = None
+        self._taken = self._loop.time()
 
 
-def _reference_swatch(data: bytes) -> np.ndarray:
+class _Prefetching:
+    """A :class:`ReferencePrefetch` fed in order, off the event loop, by one task."""
+
+    def __init__(self, prefetch: ReferencePrefetch) -> None:
+        self.prefetch = prefetch
+        self._fragments: asyncio.Queue[str | None] = asyncio.Queue()
+        self._done = asyncio.Event()
+
+    def feed(self, fragment: str) -> None:
+        self._fragments.put_nowait(fragment)
+
+    def finish(self) -> None:
+        self._fragments.put_nowait(None)
+
+    async def work(self) -> None:
+        try:
+            while (fragment := await self._fragments.get()) is not None:
+                await asyncio.to_thread(self.prefetch.feed, fragment)
+            await asyncio.to_thread(self.prefetch.finish)
+        finally:
+            self._done.set()  # a cancelled prefetch matches nothing; nobody waits forever
+
+    async def swatch_for(self, data: bytes) -> Image | None:
+        """The swatch of ``data`` if this prefetch decoded exactly it (once done)."""
+        await self._done.wait()
+        return self.prefetch.swatch_for(data)
+
+
+def _reference_swatch(data: bytes) -> Image:
     """Decode a reference and keep only what the echo model uses, its mean
     colour, as a 1x1 image: computed once here instead of on every camera
     frame (about 90 ms a frame for an 8 MB image), and megabytes lighter."""
@@ -315,21 +370,12 @@ class ReferenceServer:
                     user_agent=first("user_agent"),
                 ),
             )
-            bandwidth = self.knobs.uplink_bytes_per_second
             assert isinstance(socket, _UplinkConnection)
-            loop = asyncio.get_running_loop()
-            taken = link_free = loop.time()
-            socket.first_bytes_at = None  # the opening handshake is not charged
-            async for frame in socket:
-                arrived, taken = socket.take_arrival(taken), loop.time()
+            uplink = _Uplink(socket, self.knobs.uplink_bytes_per_second)
+            while True:
+                frame = await self._receive(connection, uplink)
                 if not connection.drained.is_set():
                     await self._wait_for_reader(connection)
-                if bandwidth is not None:
-                    # The simulated uplink: frames cross it one after another, each
-                    # taking its size / bandwidth from when its first bytes came in.
-                    size = len(frame) if isinstance(frame, bytes) else utf8_size(frame)
-                    link_free = max(link_free, arrived) + size / bandwidth
-                    await asyncio.sleep(max(0.0, link_free - loop.time()))
                 self._feed(connection, FrameIn(frame))
         except ConnectionClosed:
             pass  # reported below, with the code the socket saw
@@ -342,6 +388,32 @@ class ReferenceServer:
                     await asyncio.shield(writer)
             writer.cancel()
             self._forget(connection)
+
+    async def _receive(self, connection: _Connection, uplink: _Uplink) -> str | bytes:
+        """The next message, fragment by fragment across the uplink; the reference
+        image of a ``set_image`` is decoded as it streams in, so that after its last
+        byte only the tail is left to decode (see :mod:`.prefetch`)."""
+        texts: list[str] = []
+        blobs: list[bytes] = []
+        prefetching: _Prefetching | None = None
+        async for fragment in connection.socket.recv_streaming():
+            await uplink.carry(fragment, first=not (texts or blobs))
+            if isinstance(fragment, bytes):
+                blobs.append(fragment)
+                continue
+            if not texts:
+                prefetch = ReferencePrefetch.begin(fragment)
+                if prefetch is not None:
+                    prefetching = _Prefetching(prefetch)
+                    self._spawn(connection, prefetching.work())
+            elif prefetching is not None:
+                prefetching.feed(fragment)
+            texts.append(fragment)
+        uplink.taken()
+        if prefetching is not None:
+            prefetching.finish()
+            connection.prefetched = prefetching
+        return b"".join(blobs) if blobs else "".join(texts)
 
     async def _wait_for_reader(self, connection: _Connection) -> None:
         """Stop reading a peer that does not read its answers; drop it if it stays so."""
@@ -502,8 +574,15 @@ class ReferenceServer:
         return RoomReady(self._livekit.url, token, room_name, session_id)
 
     async def _decode(self, connection: _Connection, effect: DecodeReference) -> None:
+        image: Image | None = None
+        prefetched = connection.prefetched
+        if prefetched is not None:
+            image = await prefetched.swatch_for(effect.data)
+            if image is not None and connection.prefetched is prefetched:
+                connection.prefetched = None  # used: let its bytes go
         try:
-            image = await asyncio.to_thread(_reference_swatch, effect.data)
+            if image is None:
+                image = await asyncio.to_thread(_reference_swatch, effect.data)
         except ValueError as exc:
             self._feed(connection, ReferenceUndecodable(effect.request, str(exc)))
             return
@@ -543,6 +622,7 @@ class ReferenceServer:
         for task in list(connection.tasks):
             task.cancel()
         connection.references.clear()
+        connection.prefetched = None
         room = connection.room
         if room is not None:
             room.listener = None  # the closed engine hears nothing more of it

@@ -539,3 +539,67 @@ def test_the_model_styles_the_first_client_frame_itself() -> None:
     # A room nobody listens to (a closed session's) still counts frames, untransformed.
     quiet = RoomHandle("s", "inference-server-test")
     assert quiet.on_client_frame(frame) is None and quiet.client_video_frames == 1
+
+
+def _fragments(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("image", "fragment", "prefetched"),
+    [
+        (NOISE, 1000, True),  # RGB PNG in many fragments: decoded while streaming in
+        (NOISE, None, True),  # one unfragmented frame: the prefetch gets it whole
+        (np.dstack([NOISE, NOISE[:, :, :1]]), 777, True),  # RGBA
+        (NOISE[:, :, 0], 1000, False),  # grey PNG: left to the server's own decode
+    ],
+    ids=["rgb-fragmented", "rgb-whole", "rgba-fragmented", "grey-not-prefetched"],
+)
+async def test_a_streamed_reference_is_decoded_once_with_the_server_decode_s_colour(
+    monkeypatch: pytest.MonkeyPatch, image: np.ndarray, fragment: int | None, prefetched: bool
+) -> None:
+    """prefetch_used_only_when_exact: a reference the prefetch decoded while it
+    streamed in is not decoded again, and styles the output exactly as the
+    server's own decode would; an image it does not speculate on still works."""
+    from leanjoin.adapters import server as server_module
+
+    slow: list[int] = []
+    own_decode = server_module._reference_swatch
+
+    def counted(data: bytes) -> np.ndarray:
+        slow.append(len(data))
+        return own_decode(data)
+
+    monkeypatch.setattr(server_module, "_reference_swatch", counted)
+    png = base64.b64encode(encode_png(image)).decode()
+    frame = json.dumps({"type": "set_image", "image_data": png, "prompt": "sunset"})
+    async with running() as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": False})
+        await socket.send(frame if fragment is None else _fragments(frame, fragment))
+        info = await recv(socket)
+        assert await recv(socket) == {"type": "set_image_ack", "success": True}
+        await video(server, info["room_name"])
+        assert (await recv(socket))["type"] == "generation_started"
+        out = server.livekit.room(info["room_name"]).on_client_frame(CAMERA)
+    assert out is not None
+    expected = own_decode(base64.b64decode(png))[0, 0]
+    assert tuple(out[-1, 0]) == tuple(expected)
+    assert (slow == []) is prefetched
+
+
+@pytest.mark.anyio
+async def test_a_misleading_frame_cannot_make_the_prefetch_style_the_output() -> None:
+    """The prefetch speculates on the first image_data of a frame, but JSON keeps
+    the last one of a duplicated key, another image: the output shows that one."""
+    blue = base64.b64encode(encode_png(np.full((8, 8, 3), (40, 40, 200), np.uint8))).decode()
+    frame = '{"type":"set_image","image_data":"' + RED_PNG + '","image_data":"' + blue + '"}'
+    async with running() as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": False})
+        await socket.send(_fragments(frame, 50))
+        info = await recv(socket)
+        assert await recv(socket) == {"type": "set_image_ack", "success": True}
+        await video(server, info["room_name"])
+        await until(socket, "generation_started")
+        out = server.livekit.room(info["room_name"]).on_client_frame(CAMERA)
+        assert out is not None and tuple(out[-1, 0]) == (40, 40, 200)

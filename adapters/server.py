@@ -38,9 +38,8 @@ from websockets.http11 import Request, Response
 
 from leanjoin.adapters.echo_model import decode_reference, echo_transform, mean_colour
 from leanjoin.adapters.lkdouble import LiveKitDouble, RoomHandle
-from leanjoin.adapters.prefetch import ReferencePrefetch
+from leanjoin.adapters.server_reading import Prefetching, Uplink, UplinkConnection, receive
 from leanjoin.engine.admission import Admission
-from leanjoin.engine.codec import utf8_size
 from leanjoin.engine.server import ServerSession
 from leanjoin.engine.server_config import ServerKnobs
 from leanjoin.engine.server_io import (
@@ -115,84 +114,11 @@ class _Connection:
         self.room: RoomHandle | None = None
         self.references: dict[RequestId, Image] = {}
         # The newest message whose reference was decoded as it streamed in.
-        self.prefetched: _Prefetching | None = None
+        self.prefetched: Prefetching | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<connection {self.number} {self.engine.phase.value}>"
-
-
-class _UplinkConnection(ServerConnection):
-    """Notes when bytes first come in after a message was taken: where the next
-    message starts on the simulated uplink (received over loopback, a frame is
-    complete long before the link would have carried it)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.first_bytes_at: float | None = None
-
-    def data_received(self, data: bytes) -> None:
-        if self.first_bytes_at is None:
-            self.first_bytes_at = self.loop.time()
-        super().data_received(data)
-
-
-class _Uplink:
-    """The simulated uplink of one socket: messages cross it one after another,
-    fragment by fragment, each taking its size / bandwidth, a message from when
-    its first bytes came in (or when the one before it was taken, if they were
-    buffered already). Without a bandwidth it carries everything at once."""
-
-    def __init__(self, socket: _UplinkConnection, bandwidth: float | None) -> None:
-        self._socket = socket
-        self._bandwidth = bandwidth
-        self._loop = asyncio.get_running_loop()
-        self._taken = self._free = self._loop.time()
-        socket.first_bytes_at = None  # the opening handshake is not charged
-
-    async def carry(self, fragment: str | bytes, *, first: bool) -> None:
-        """Return when ``fragment`` (the ``first`` of its message or not) is across."""
-        if first:
-            arrived = self._socket.first_bytes_at
-            self._free = max(self._free, self._taken if arrived is None else arrived)
-        if self._bandwidth is None:
-            return
-        size = len(fragment) if isinstance(fragment, bytes) else utf8_size(fragment)
-        self._free += size / self._bandwidth
-        await asyncio.sleep(max(0.0, self._free - self._loop.time()))
-
-    def taken(self) -> None:
-        """The message is complete: bytes from now on belong to the next one."""
-        self._socket.first_bytes_at = None
-        self._taken = self._loop.time()
-
-
-class _Prefetching:
-    """A :class:`ReferencePrefetch` fed in order, off the event loop, by one task."""
-
-    def __init__(self, prefetch: ReferencePrefetch) -> None:
-        self.prefetch = prefetch
-        self._fragments: asyncio.Queue[str | None] = asyncio.Queue()
-        self._done = asyncio.Event()
-
-    def feed(self, fragment: str) -> None:
-        self._fragments.put_nowait(fragment)
-
-    def finish(self) -> None:
-        self._fragments.put_nowait(None)
-
-    async def work(self) -> None:
-        try:
-            while (fragment := await self._fragments.get()) is not None:
-                await asyncio.to_thread(self.prefetch.feed, fragment)
-            await asyncio.to_thread(self.prefetch.finish)
-        finally:
-            self._done.set()  # a cancelled prefetch matches nothing; nobody waits forever
-
-    async def swatch_for(self, data: bytes) -> Image | None:
-        """The swatch of ``data`` if this prefetch decoded exactly it (once done)."""
-        await self._done.wait()
-        return self.prefetch.swatch_for(data)
 
 
 def _reference_swatch(data: bytes) -> Image:
@@ -296,7 +222,7 @@ class ReferenceServer:
                 # asyncio's default accept backlog (100) drops a burst of connects,
                 # and a dropped SYN costs its client a one-second retransmit.
                 backlog=LISTEN_BACKLOG,
-                create_connection=_UplinkConnection,
+                create_connection=UplinkConnection,
                 logger=_wire_logger(),
             )
         except BaseException:
@@ -370,13 +296,15 @@ class ReferenceServer:
                     user_agent=first("user_agent"),
                 ),
             )
-            assert isinstance(socket, _UplinkConnection)
-            uplink = _Uplink(socket, self.knobs.uplink_bytes_per_second)
+            assert isinstance(socket, UplinkConnection)
+            uplink = Uplink(socket, self.knobs.uplink_bytes_per_second)
             while True:
-                frame = await self._receive(connection, uplink)
+                message = await receive(socket, uplink, functools.partial(self._spawn, connection))
+                if message.prefetching is not None:
+                    connection.prefetched = message.prefetching
                 if not connection.drained.is_set():
                     await self._wait_for_reader(connection)
-                self._feed(connection, FrameIn(frame))
+                self._feed(connection, FrameIn(message.frame))
         except ConnectionClosed:
             pass  # reported below, with the code the socket saw
         finally:
@@ -388,32 +316,6 @@ class ReferenceServer:
                     await asyncio.shield(writer)
             writer.cancel()
             self._forget(connection)
-
-    async def _receive(self, connection: _Connection, uplink: _Uplink) -> str | bytes:
-        """The next message, fragment by fragment across the uplink; the reference
-        image of a ``set_image`` is decoded as it streams in, so that after its last
-        byte only the tail is left to decode (see :mod:`.prefetch`)."""
-        texts: list[str] = []
-        blobs: list[bytes] = []
-        prefetching: _Prefetching | None = None
-        async for fragment in connection.socket.recv_streaming():
-            await uplink.carry(fragment, first=not (texts or blobs))
-            if isinstance(fragment, bytes):
-                blobs.append(fragment)
-                continue
-            if not texts:
-                prefetch = ReferencePrefetch.begin(fragment)
-                if prefetch is not None:
-                    prefetching = _Prefetching(prefetch)
-                    self._spawn(connection, prefetching.work())
-            elif prefetching is not None:
-                prefetching.feed(fragment)
-            texts.append(fragment)
-        uplink.taken()
-        if prefetching is not None:
-            prefetching.finish()
-            connection.prefetched = prefetching
-        return b"".join(blobs) if blobs else "".join(texts)
 
     async def _wait_for_reader(self, connection: _Connection) -> None:
         """Stop reading a peer that does not read its answers; drop it if it stays so."""

@@ -25,7 +25,7 @@ from PIL import Image
 
 from leanjoin.adapters.echo_model import decode_reference, mean_colour
 from leanjoin.adapters.png import encode_png
-from leanjoin.adapters.prefetch import HEAD_LIMIT, ReferencePrefetch, _mean_colour
+from leanjoin.adapters.prefetch import HEAD_LIMIT, ReferencePrefetch
 from leanjoin.engine.codec import Base64Text, encode
 from leanjoin.engine.messages import Prompt, SetImage
 
@@ -260,20 +260,6 @@ def test_swatch_only_for_exactly_the_decoded_bytes(
     at = where % len(png)
     assert prefetch.swatch_for(png[:at] + bytes([png[at] ^ flip]) + png[at + 1 :]) is None
     assert prefetch.swatch_for(png + b"\0") is None
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    image=st.one_of(
-        images,
-        st.sampled_from([3, 4]).flatmap(
-            lambda c: hnp.arrays(np.uint8, (2, 1, c), elements=st.sampled_from([0, 1, 254, 255]))
-        ),
-    )
-)
-def test_histogram_mean_is_mean_colour(image: npt.NDArray[np.uint8]) -> None:
-    """The prefetch's mean (from Pillow's histogram) is mean_colour's, ties included."""
-    assert _mean_colour(Image.fromarray(image)) == mean_colour(image)
 
 
 def test_a_large_noise_png_in_256_kib_fragments() -> None:

@@ -313,6 +313,16 @@ async def test_oversized_frames_get_an_error_or_a_close() -> None:
             await socket.send("x" * 9000)  # beyond twice the limit: websockets refuses it
             code, reason = await closed(socket)
             assert code == 1009 and reason
+        # Read fragment by fragment, a message is bounded all the same; one that
+        # opens like a set_image (a prefetch starts) changes nothing.
+        big = '{"type":"set_image","image_data":"' + "A" * 9000 + '"}'
+        async with client(server) as socket:
+            await socket.send(_fragments(big[:5000], 700))
+            assert "exceeds the maximum of 4096 bytes" in (await recv(socket))["error"]
+        async with client(server) as socket:
+            await socket.send(_fragments(big, 700))
+            code, reason = await closed(socket)
+            assert code == 1009 and reason
         await healthy_session(server)
 
 

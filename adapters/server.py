@@ -24,7 +24,7 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -133,14 +133,13 @@ def _reference_swatch(data: bytes) -> Image:
 class _RoomNews:
     """What a session's room tells its engine (called inside the double's frame path)."""
 
-    server: ReferenceServer
-    connection: _Connection
+    feed: Callable[[object], None]  # the server's pump, for this session
 
     def client_publishing(self) -> None:
-        self.server._feed(self.connection, ClientPublishing())
+        self.feed(ClientPublishing())
 
     def client_video(self) -> None:
-        self.server._feed(self.connection, ClientVideoArrived())
+        self.feed(ClientVideoArrived())
 
 
 class ReferenceServer:
@@ -472,7 +471,7 @@ class ReferenceServer:
             return RoomFailed(f"token minting failed ({type(exc).__name__})")
         room = connection.room = self._livekit.room(room_name)
         room.refuses_joins = self.knobs.refuse_media and connection.engine.faults
-        room.listener = _RoomNews(self, connection)
+        room.listener = _RoomNews(functools.partial(self._feed, connection))
         return RoomReady(self._livekit.url, token, room_name, session_id)
 
     async def _decode(self, connection: _Connection, effect: DecodeReference) -> None:

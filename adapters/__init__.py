@@ -1,8 +1,28 @@
 """anyio I/O around the sans-IO engine: ``async with leanjoin.adapters.connect(...)``."""
 
-from leanjoin.engine.client import NotConnectedError, UsageError
-from leanjoin.engine.config import RetryPolicy, Timeouts
-from leanjoin.engine.outputs import (
+from leanjoin.adapters.client.api import Milestone, Session, connect
+from leanjoin.adapters.client.errors import (
+    ConnectFailed,
+    ImageError,
+    LeanJoinError,
+    RequestError,
+    RequestRejected,
+    RequestTimedOut,
+    SessionClosed,
+    UnsupportedImageSource,
+)
+from leanjoin.adapters.client.images import image_to_base64
+from leanjoin.adapters.client.room_transport import MediaOptions
+from leanjoin.adapters.client.video_sources import (
+    ArraySource,
+    FileSource,
+    Frame,
+    TestPattern,
+    VideoSource,
+)
+from leanjoin.adapters.client.ws_transport import SocketOptions
+from leanjoin.engine.client.config import RetryPolicy, Timeouts
+from leanjoin.engine.client.outputs import (
     ConnectionState,
     ErrorKind,
     ErrorOccurred,
@@ -18,22 +38,7 @@ from leanjoin.engine.outputs import (
     SessionStarted,
     StateChanged,
 )
-
-from .api import Milestone, Session, connect
-from .errors import (
-    ConnectFailed,
-    ImageError,
-    LeanJoinError,
-    RequestError,
-    RequestRejected,
-    RequestTimedOut,
-    SessionClosed,
-    UnsupportedImageSource,
-)
-from .images import image_to_base64
-from .room_transport import MediaOptions
-from .video_sources import ArraySource, FileSource, Frame, TestPattern, VideoSource
-from .ws_transport import SocketOptions
+from leanjoin.engine.client.session import NotConnectedError, UsageError
 
 __all__ = [
     "ArraySource",

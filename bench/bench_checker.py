@@ -19,11 +19,11 @@ import platform
 import sys
 import time
 
-from leanjoin.adapters.check_parallel import explore_parallel
-from leanjoin.engine.checker import Expander, Search, result_of
-from leanjoin.engine.checker_model import Model, World, initial_world
-from leanjoin.engine.checker_moves import step as make_move
-from leanjoin.engine.checker_state import clone
+from leanjoin.adapters.cli.check_parallel import explore_parallel
+from leanjoin.engine.check.explore import Expander, Search, result_of
+from leanjoin.engine.check.model import Model, World, initial_world
+from leanjoin.engine.check.moves import step as make_move
+from leanjoin.engine.check.state import clone
 
 
 def _frontier(model: Model, depth: int) -> list[tuple[World, tuple[tuple[str, ...], ...]]]:

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pympler import asizeof
 from transitions import Machine
 
-from leanjoin.engine.client import ClientSession, Phase
-from leanjoin.engine.config import InitialState, SessionConfig
-from leanjoin.engine.inputs import (
+from leanjoin.engine.client.config import InitialState, SessionConfig
+from leanjoin.engine.client.inputs import (
     AttemptId,
     Connect,
     FrameReceived,
@@ -25,6 +24,7 @@ from leanjoin.engine.inputs import (
     SocketOpened,
     TracksPublished,
 )
+from leanjoin.engine.client.session import ClientSession, Phase
 
 CONFIG = SessionConfig(url="ws://127.0.0.1:8765/v1/stream", api_key="bench-key", model="echo")
 INITIAL = InitialState(image_data="aW1hZ2U=" * 16, prompt="a watercolour cat")

@@ -56,9 +56,11 @@ import attrs
 import numpy as np
 from server_process import ServerProcess
 
-from leanjoin.adapters.api import Session, connect
-from leanjoin.adapters.demo import TOLERANCE
-from leanjoin.adapters.echo_model import (
+from leanjoin.adapters.cli.demo import TOLERANCE
+from leanjoin.adapters.client.api import Session, connect
+from leanjoin.adapters.client.png import encode_png
+from leanjoin.adapters.client.video_sources import TestPattern
+from leanjoin.adapters.server.echo_model import (
     Colour,
     colours_close,
     decode_reference,
@@ -66,8 +68,6 @@ from leanjoin.adapters.echo_model import (
     output_bands,
     prompt_colour,
 )
-from leanjoin.adapters.png import encode_png
-from leanjoin.adapters.video_sources import TestPattern
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 DECART_VENV: Final = ROOT / ".venv-bench-decart"

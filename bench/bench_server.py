@@ -30,7 +30,7 @@ from proc_status import proc_status
 from server_process import ServerProcess
 from websockets.asyncio.client import ClientConnection, connect
 
-from leanjoin.adapters.png import encode_png
+from leanjoin.adapters.client.png import encode_png
 
 HANDSHAKE_TIMEOUT = 60.0  # seconds one client may take before it counts as failed
 SETTLE = 1.0  # seconds idle before the second memory reading

@@ -31,16 +31,9 @@ from typing import Final
 import atheris  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
 with atheris.instrument_imports(include=["leanjoin"]):
-    from leanjoin.engine.client import ClientSession
-    from leanjoin.engine.codec import (
-        FrameProblem,
-        IgnoredFrame,
-        encode,
-        parse_client_frame,
-        parse_server_frame,
-    )
-    from leanjoin.engine.config import InitialState, SessionConfig
-    from leanjoin.engine.inputs import (
+    from leanjoin.engine.check.invariants import InvariantMonitor
+    from leanjoin.engine.client.config import InitialState, SessionConfig
+    from leanjoin.engine.client.inputs import (
         AttemptId,
         Connect,
         FrameReceived,
@@ -48,7 +41,15 @@ with atheris.instrument_imports(include=["leanjoin"]):
         SocketOpened,
         TracksPublished,
     )
-    from leanjoin.engine.invariants import InvariantMonitor
+    from leanjoin.engine.client.outputs import ErrorKind, ErrorOccurred
+    from leanjoin.engine.client.session import ClientSession
+    from leanjoin.engine.codec import (
+        FrameProblem,
+        IgnoredFrame,
+        encode,
+        parse_client_frame,
+        parse_server_frame,
+    )
     from leanjoin.engine.messages import (
         ClientMessage,
         LegacyReady,
@@ -56,7 +57,6 @@ with atheris.instrument_imports(include=["leanjoin"]):
         LegacyStatus,
         ServerMessage,
     )
-    from leanjoin.engine.outputs import ErrorKind, ErrorOccurred
 
 CONFIG: Final = SessionConfig(url="ws://127.0.0.1:9/v1/stream", api_key="fuzz-key", model="m")
 INITIAL: Final = InitialState(image_data="aW1n", prompt="p")

@@ -38,7 +38,7 @@ from livekit import rtc
 from livekit.rtc._ffi_client import FfiHandle
 from proc_status import proc_status
 
-from leanjoin.adapters.lkdouble import LiveKitDouble, tokens
+from leanjoin.adapters.server.lkdouble import LiveKitDouble, tokens
 
 API_KEY = "cycles"
 SECRET_ENV = "LIVEKIT_CYCLES_SECRET"

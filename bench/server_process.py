@@ -24,7 +24,7 @@ class ServerProcess:
     def start(log: Path | None, *options: str) -> ServerProcess:
         """Start it on a free port with ``options`` (``leanjoin serve`` flags);
         return once it printed its URL and API key."""
-        command = [sys.executable, "-m", "leanjoin.adapters.serve_cli", "--port", "0", *options]
+        command = [sys.executable, "-m", "leanjoin.adapters.cli.serve", "--port", "0", *options]
         # A log line per phase and client: benchmarks of many clients discard it.
         with contextlib.ExitStack() as stack:
             stderr = subprocess.DEVNULL if log is None else stack.enter_context(log.open("w"))

@@ -62,7 +62,7 @@ from leanjoin.adapters import (
     TestPattern,
     connect,
 )
-from leanjoin.adapters.server import ReferenceServer
+from leanjoin.adapters.server.reference import ReferenceServer
 
 RECONNECT_BOUND = 30.0  # seconds a forced reconnect may take before the soak fails
 REQUEST_BOUND = 10.0

@@ -1,8 +1,10 @@
 """Building a ``transitions.Machine`` from an engine's transition table.
 
-Both engines write their table as rows ``(trigger, sources, dest, before,
-after)``; this is the one place that turns such a table into the shared
-machine that drives it (and :mod:`leanjoin.adapters.diagrams` draws it).
+Every table (the client's, the server's, the client's initial-state ack watch)
+is written as rows ``(trigger, sources, dest, before, after)``; this is the one
+place that turns such a table into the shared machine that drives it (and
+:mod:`leanjoin.adapters.cli.diagrams` draws it), and into the map of which
+phases accept each trigger, the only legality check an engine makes.
 """
 
 from __future__ import annotations
@@ -46,3 +48,11 @@ def build_machine(
     for trigger, sources, dest, before, after in table:
         machine.add_transition(trigger, list(sources), dest, before=list(before), after=list(after))
     return machine
+
+
+def sources_by_trigger(table: Sequence[Row[P]]) -> dict[str, frozenset[P]]:
+    """For each trigger, the phases that have a row for it."""
+    sources: dict[str, set[P]] = {}
+    for trigger, from_phases, *_rest in table:
+        sources.setdefault(trigger, set()).update(from_phases)
+    return {trigger: frozenset(phases) for trigger, phases in sources.items()}

@@ -12,9 +12,9 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection
 
 from leanjoin.adapters import Session
-from leanjoin.adapters.echo_model import colours_close, output_bands, prompt_colour
-from leanjoin.adapters.lkdouble import LiveKitDouble, RoomHandle
-from leanjoin.adapters.server import ReferenceServer
+from leanjoin.adapters.server.echo_model import colours_close, output_bands, prompt_colour
+from leanjoin.adapters.server.lkdouble import LiveKitDouble, RoomHandle
+from leanjoin.adapters.server.reference import ReferenceServer
 
 WAIT = 10.0  # the bound of every wait in the client tests
 

@@ -7,9 +7,9 @@ import json
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from leanjoin.engine.client import ClientSession, Phase
-from leanjoin.engine.config import InitialState, SessionConfig, Timeouts
-from leanjoin.engine.inputs import (
+from leanjoin.engine.check.invariants import InvariantMonitor
+from leanjoin.engine.client.config import InitialState, SessionConfig, Timeouts
+from leanjoin.engine.client.inputs import (
     AttemptId,
     Connect,
     FrameReceived,
@@ -18,8 +18,8 @@ from leanjoin.engine.inputs import (
     SocketOpened,
     TracksPublished,
 )
-from leanjoin.engine.invariants import InvariantMonitor
-from leanjoin.engine.outputs import Output
+from leanjoin.engine.client.outputs import Output
+from leanjoin.engine.client.session import ClientSession, Phase
 
 T = TypeVar("T")
 NO_STATE = InitialState()

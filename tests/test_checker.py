@@ -1,8 +1,8 @@
-"""The exhaustive checker (engine/checker.py): a small exhaustive run of the
+"""The exhaustive checker (engine/check/explore.py): a small exhaustive run of the
 composed model passes and reaches every target; bugs reintroduced into the
 client engine by test-only mutants (monkeypatches here, never in engine code)
 are each caught with a shortest counterexample; a saved counterexample
-replays through ``leanjoin.engine.trace.replay``."""
+replays through ``leanjoin.engine.check.trace.replay``."""
 
 from __future__ import annotations
 
@@ -15,13 +15,10 @@ import attrs
 import pytest
 from transitions import EventData
 
-from leanjoin.adapters.check_cli import check, save_trace
-from leanjoin.adapters.check_parallel import explore_parallel
-from leanjoin.engine import client as client_module
-from leanjoin.engine import server as server_module
-from leanjoin.engine import trace as trace_module
-from leanjoin.engine.attempt import AckWatch, Attempt, Deadline
-from leanjoin.engine.checker import (
+from leanjoin.adapters.cli.check import check, save_trace
+from leanjoin.adapters.cli.check_parallel import explore_parallel
+from leanjoin.engine.check import trace as trace_module
+from leanjoin.engine.check.explore import (
     LIVENESS,
     TARGETS,
     Expander,
@@ -29,28 +26,31 @@ from leanjoin.engine.checker import (
     explore,
     world_key,
 )
-from leanjoin.engine.checker_model import (
+from leanjoin.engine.check.invariants import NAMES
+from leanjoin.engine.check.model import (
     Bounds,
     Model,
     Room,
     World,
     initial_world,
 )
-from leanjoin.engine.checker_moves import (
+from leanjoin.engine.check.moves import (
     SERVER_NEVER_SURPRISES_THE_CLIENT,
     SERVER_PUBLISHING,
     step,
 )
-from leanjoin.engine.checker_report import counterexample
-from leanjoin.engine.client import ClientSession, Phase
-from leanjoin.engine.config import SessionConfig
-from leanjoin.engine.inputs import Input, SendFailed, TracksPublished
-from leanjoin.engine.invariants import NAMES
+from leanjoin.engine.check.report import counterexample
+from leanjoin.engine.check.trace import replay
+from leanjoin.engine.client import session as client_module
+from leanjoin.engine.client.attempt import AckWatch, Attempt, Deadline
+from leanjoin.engine.client.config import SessionConfig
+from leanjoin.engine.client.inputs import Input, SendFailed, TracksPublished
+from leanjoin.engine.client.outputs import ErrorKind, ErrorOccurred, Output
+from leanjoin.engine.client.session import ClientSession, Phase
 from leanjoin.engine.messages import PromptAck, SetImageAck
-from leanjoin.engine.outputs import ErrorKind, ErrorOccurred, Output
-from leanjoin.engine.server import ServerSession
-from leanjoin.engine.server_io import ClientVideoArrived, SessionPhase
-from leanjoin.engine.trace import replay
+from leanjoin.engine.server import session as server_module
+from leanjoin.engine.server.events import ClientVideoArrived, SessionPhase
+from leanjoin.engine.server.session import ServerSession
 
 SMALL = Bounds(max_faults=2, max_connects=2, rival=True)
 NO_RIVAL = Bounds(max_faults=2, max_connects=2, rival=False)

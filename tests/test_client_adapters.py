@@ -56,14 +56,14 @@ from leanjoin.adapters import (
     connect,
     image_to_base64,
 )
-from leanjoin.adapters.api import TIMELINE_LENGTH, Session
-from leanjoin.adapters.driver import Driver
-from leanjoin.adapters.echo_model import decode_reference, echo_transform
-from leanjoin.adapters.fanout import Fanout
-from leanjoin.adapters.lkdouble import LiveKitDouble
-from leanjoin.adapters.png import encode_png
-from leanjoin.adapters.ws_transport import SignalSocket, SocketOptions
-from leanjoin.engine.inputs import (
+from leanjoin.adapters.client.api import TIMELINE_LENGTH, Session
+from leanjoin.adapters.client.driver import Driver
+from leanjoin.adapters.client.fanout import Fanout
+from leanjoin.adapters.client.png import encode_png
+from leanjoin.adapters.client.ws_transport import SignalSocket, SocketOptions
+from leanjoin.adapters.server.echo_model import decode_reference, echo_transform
+from leanjoin.adapters.server.lkdouble import LiveKitDouble
+from leanjoin.engine.client.inputs import (
     AttemptId,
     FrameReceived,
     Input,
@@ -73,7 +73,7 @@ from leanjoin.engine.inputs import (
     SocketOpened,
     SocketOpenFailed,
 )
-from leanjoin.engine.outputs import FramePurpose, OpenSocket, SendFrame
+from leanjoin.engine.client.outputs import FramePurpose, OpenSocket, SendFrame
 
 pytestmark = pytest.mark.anyio
 

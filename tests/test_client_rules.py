@@ -10,16 +10,9 @@ from collections.abc import Sequence
 import pytest
 from engine_script import QUEUE_CONFIG, ROOM_INFO, Script, frame, of_type
 
-from leanjoin.engine.attempt import AckWatch
-from leanjoin.engine.client import (
-    ClientSession,
-    NotConnectedError,
-    Phase,
-    UsageError,
-    subscribe_token,
-)
-from leanjoin.engine.config import InitialState
-from leanjoin.engine.inputs import (
+from leanjoin.engine.client.attempt import AckWatch
+from leanjoin.engine.client.config import InitialState
+from leanjoin.engine.client.inputs import (
     AttemptId,
     ChangeImage,
     ChangePrompt,
@@ -36,7 +29,7 @@ from leanjoin.engine.inputs import (
     SocketOpenFailed,
     TracksPublished,
 )
-from leanjoin.engine.outputs import (
+from leanjoin.engine.client.outputs import (
     CloseSocket,
     ConnectionState,
     ConnectRoom,
@@ -56,6 +49,13 @@ from leanjoin.engine.outputs import (
     SendFrame,
     SessionStarted,
     StateChanged,
+)
+from leanjoin.engine.client.session import (
+    ClientSession,
+    NotConnectedError,
+    Phase,
+    UsageError,
+    subscribe_token,
 )
 
 IMAGE_AND_PROMPT = InitialState(image_data="aW1hZ2U=", prompt="a cat")

@@ -21,10 +21,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from leanjoin.engine.attempt import AckWatch
-from leanjoin.engine.client import LIVE_PHASES, ClientSession, Phase
-from leanjoin.engine.config import InitialState, RetryPolicy, SessionConfig, Timeouts
-from leanjoin.engine.inputs import (
+from leanjoin.engine.check.invariants import InvariantMonitor
+from leanjoin.engine.client.attempt import AckWatch
+from leanjoin.engine.client.config import InitialState, RetryPolicy, SessionConfig, Timeouts
+from leanjoin.engine.client.inputs import (
     AttemptId,
     ChangeImage,
     ChangePrompt,
@@ -45,8 +45,14 @@ from leanjoin.engine.inputs import (
     SocketOpenFailed,
     TracksPublished,
 )
-from leanjoin.engine.invariants import InvariantMonitor
-from leanjoin.engine.outputs import ConnectionState, ErrorOccurred, Output, SendFrame, StateChanged
+from leanjoin.engine.client.outputs import (
+    ConnectionState,
+    ErrorOccurred,
+    Output,
+    SendFrame,
+    StateChanged,
+)
+from leanjoin.engine.client.session import LIVE_PHASES, ClientSession, Phase
 
 CONFIG = SessionConfig(
     url="ws://127.0.0.1:9/v1/stream",

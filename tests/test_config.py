@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from leanjoin.adapters.serve_cli import knobs_from_options, serve
-from leanjoin.engine.config import RetryPolicy, SessionConfig, Timeouts
-from leanjoin.engine.server_config import FaultPhase, MediaFailurePhase, ServerKnobs
+from leanjoin.adapters.cli.serve import knobs_from_options, serve
+from leanjoin.engine.client.config import RetryPolicy, SessionConfig, Timeouts
+from leanjoin.engine.server.knobs import FaultPhase, MediaFailurePhase, ServerKnobs
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from leanjoin.adapters import diagrams
-from leanjoin.engine import client
+from leanjoin.adapters.cli import diagrams
+from leanjoin.engine.client import session as client
 
 DIAGRAMS = Path(__file__).resolve().parents[1] / "diagrams"
 

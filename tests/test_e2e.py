@@ -40,11 +40,16 @@ from leanjoin.adapters import (
     Timeouts,
     connect,
 )
-from leanjoin.adapters.cli import main
-from leanjoin.adapters.echo_model import colours_close, decode_reference, mean_colour, output_bands
-from leanjoin.adapters.png import encode_png
-from leanjoin.adapters.server import ReferenceServer
-from leanjoin.engine.server_config import FaultPhase, ServerKnobs
+from leanjoin.adapters.cli.main import main
+from leanjoin.adapters.client.png import encode_png
+from leanjoin.adapters.server.echo_model import (
+    colours_close,
+    decode_reference,
+    mean_colour,
+    output_bands,
+)
+from leanjoin.adapters.server.reference import ReferenceServer
+from leanjoin.engine.server.knobs import FaultPhase, ServerKnobs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -206,7 +211,7 @@ async def test_a_failed_initial_state_send_fails_the_attempt(
     # The server's socket refuses frames over 2 x 64 KiB: it closes (1009) while the
     # client is still writing a ~2.6 MB initial state. The attempt must fail, not
     # go on to connect a room for a server that never got its state.
-    caplog.set_level(logging.INFO, logger="leanjoin.adapters.lkdouble")
+    caplog.set_level(logging.INFO, logger="leanjoin.adapters.server.lkdouble")
     knobs = ServerKnobs(max_frame_bytes=64 * 1024)
     noise = np.random.default_rng(7).integers(0, 255, (800, 800, 3), dtype=np.uint8)
     async with ReferenceServer(host="127.0.0.1", port=0, knobs=knobs) as server:

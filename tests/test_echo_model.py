@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from leanjoin.adapters.echo_model import (
+from leanjoin.adapters.server.echo_model import (
     colours_close,
     decode_reference,
     echo_transform,

@@ -56,12 +56,12 @@ from leanjoin.adapters import (
     Timeouts,
     connect,
 )
-from leanjoin.adapters.png import encode_png
-from leanjoin.adapters.server import ReferenceServer
-from leanjoin.engine.config import InitialState
-from leanjoin.engine.inputs import ChangePrompt, RequestId
-from leanjoin.engine.outputs import ErrorKind
-from leanjoin.engine.server_config import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
+from leanjoin.adapters.client.png import encode_png
+from leanjoin.adapters.server.reference import ReferenceServer
+from leanjoin.engine.client.config import InitialState
+from leanjoin.engine.client.inputs import ChangePrompt, RequestId
+from leanjoin.engine.client.outputs import ErrorKind
+from leanjoin.engine.server.knobs import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -757,7 +757,7 @@ async def test_bug4_a_room_lost_during_the_room_connect_goes_unseen(
     join answer, and the LiveKit client joins the same room again inside the same
     ``Room.connect`` with no room event, so attempt 1 connects. When BUG-4 is
     fixed, L4 passes (its strict xfail fails) and this test fails: delete it then."""
-    caplog.set_level(logging.INFO, logger="leanjoin.adapters.lkdouble")
+    caplog.set_level(logging.INFO, logger="leanjoin.adapters.server.lkdouble")
     seen = "acked@1, started@1"
     row = attrs.evolve(next(r for r in ROWS if r.id == "L4"), events=seen, retries="0")
     plan = Plan.parse(row.injection)

@@ -19,14 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_server_engine import IMAGE, KEY, Harness
 
-from leanjoin.engine.client import Phase
+from leanjoin.engine.client.config import InitialState
+from leanjoin.engine.client.inputs import FrameReceived, RoomConnected, TracksPublished
+from leanjoin.engine.client.outputs import ErrorKind, ErrorOccurred
+from leanjoin.engine.client.session import Phase
 from leanjoin.engine.codec import FrameProblem, parse_server_frame
-from leanjoin.engine.config import InitialState
-from leanjoin.engine.inputs import FrameReceived, RoomConnected, TracksPublished
-from leanjoin.engine.outputs import ErrorKind, ErrorOccurred
-from leanjoin.engine.server import ServerSession
-from leanjoin.engine.server_config import ServerKnobs
-from leanjoin.engine.server_io import (
+from leanjoin.engine.server.events import (
     ClientVideoArrived,
     CloseConnection,
     CreateRoom,
@@ -41,7 +39,9 @@ from leanjoin.engine.server_io import (
     SessionPhase,
     SlotGranted,
 )
-from leanjoin.engine.server_io import SendFrame as ServerSendFrame
+from leanjoin.engine.server.events import SendFrame as ServerSendFrame
+from leanjoin.engine.server.knobs import ServerKnobs
+from leanjoin.engine.server.session import ServerSession
 
 KNOWN_TYPES = [
     "queue_position",

@@ -24,8 +24,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from leanjoin.adapters.echo_model import echo_transform, mean_colour, prompt_colour
-from leanjoin.adapters.lkdouble import LiveKitDouble, RoomHandle, ice, sdp
+from leanjoin.adapters.server.echo_model import echo_transform, mean_colour, prompt_colour
+from leanjoin.adapters.server.lkdouble import LiveKitDouble, RoomHandle, ice, sdp
 
 Frame = npt.NDArray[np.uint8]
 MODEL = "inference-server-echo"

@@ -1,4 +1,4 @@
-"""The double's marker-completing video jitter buffer (adapters/lkdouble/jitter.py).
+"""The double's marker-completing video jitter buffer (adapters/server/lkdouble/jitter.py).
 
 Unit and property tests feed synthetic RTP packets carrying ``_data``, as aiortc's
 receiver sets it after depayloading; the last tests install the buffer on a real
@@ -21,9 +21,9 @@ from aiortc.rtp import RtpPacket
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leanjoin.adapters.lkdouble import ice, jitter
-from leanjoin.adapters.lkdouble.jitter import MarkerJitterBuffer
-from leanjoin.adapters.lkdouble.peer import ClientMedia
+from leanjoin.adapters.server.lkdouble import ice, jitter
+from leanjoin.adapters.server.lkdouble.jitter import MarkerJitterBuffer
+from leanjoin.adapters.server.lkdouble.peer import ClientMedia
 
 Frame = npt.NDArray[np.uint8]
 TICKS_PER_FRAME = 3000  # 30 fps on the 90 kHz video clock

@@ -1,4 +1,4 @@
-"""The reference prefetch (:mod:`leanjoin.adapters.prefetch`) against the server's decoder.
+"""The reference prefetch (:mod:`leanjoin.adapters.server.prefetch`) against the server's decoder.
 
 The invariant everything here checks: a prefetch's swatch, when it gives one,
 is exactly the server's (``mean_colour(decode_reference(png))``), and only for
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from leanjoin.adapters.echo_model import decode_reference, mean_colour
-from leanjoin.adapters.png import encode_png
-from leanjoin.adapters.prefetch import HEAD_LIMIT, ReferencePrefetch
+from leanjoin.adapters.client.png import encode_png
+from leanjoin.adapters.server.echo_model import decode_reference, mean_colour
+from leanjoin.adapters.server.prefetch import HEAD_LIMIT, ReferencePrefetch
 from leanjoin.engine.codec import Base64Text, encode
 from leanjoin.engine.messages import Prompt, SetImage
 

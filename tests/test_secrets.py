@@ -48,16 +48,16 @@ from leanjoin.adapters import (
     Timeouts,
     connect,
 )
-from leanjoin.adapters.display import describe, event_json
-from leanjoin.adapters.driver import Driver
-from leanjoin.adapters.png import encode_png
-from leanjoin.adapters.server import ReferenceServer
-from leanjoin.adapters.ws_transport import SignalSocket, SocketOptions
-from leanjoin.engine.client import ClientSession
-from leanjoin.engine.inputs import AttemptId, Input, SocketOpened, SocketOpenFailed
-from leanjoin.engine.outputs import OpenSocket, Output
-from leanjoin.engine.server import ServerSession
-from leanjoin.engine.server_config import FaultPhase, ServerKnobs
+from leanjoin.adapters.cli.display import describe, event_json
+from leanjoin.adapters.client.driver import Driver
+from leanjoin.adapters.client.png import encode_png
+from leanjoin.adapters.client.ws_transport import SignalSocket, SocketOptions
+from leanjoin.adapters.server.reference import ReferenceServer
+from leanjoin.engine.client.inputs import AttemptId, Input, SocketOpened, SocketOpenFailed
+from leanjoin.engine.client.outputs import OpenSocket, Output
+from leanjoin.engine.client.session import ClientSession
+from leanjoin.engine.server.knobs import FaultPhase, ServerKnobs
+from leanjoin.engine.server.session import ServerSession
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

@@ -27,11 +27,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from leanjoin.adapters.echo_model import mean_colour, prompt_colour
-from leanjoin.adapters.lkdouble import RoomHandle
-from leanjoin.adapters.png import encode_png
-from leanjoin.adapters.server import ReferenceServer
-from leanjoin.engine.server_config import FaultPhase, ServerKnobs
+from leanjoin.adapters.client.png import encode_png
+from leanjoin.adapters.server.echo_model import mean_colour, prompt_colour
+from leanjoin.adapters.server.lkdouble import RoomHandle
+from leanjoin.adapters.server.reference import ReferenceServer
+from leanjoin.engine.server.knobs import FaultPhase, ServerKnobs
 
 WAIT = 5.0  # seconds any single expectation may take
 RED = np.full((8, 8, 3), (200, 40, 40), dtype=np.uint8)
@@ -482,7 +482,7 @@ def test_serve_prints_the_url_logs_phases_without_secrets_and_stops_on_ctrl_c() 
     command = [
         sys.executable,
         "-m",
-        "leanjoin.adapters.serve_cli",
+        "leanjoin.adapters.cli.serve",
         "--port",
         "0",
         "--capacity",
@@ -572,7 +572,7 @@ async def test_a_streamed_reference_is_decoded_once_with_the_server_decode_s_col
     """prefetch_used_only_when_exact: a reference the prefetch decoded while it
     streamed in is not decoded again, and styles the output exactly as the
     server's own decode would; an image it does not speculate on still works."""
-    from leanjoin.adapters import server as server_module
+    from leanjoin.adapters.server import reference as server_module
 
     slow: list[int] = []
     own_decode = server_module._reference_swatch

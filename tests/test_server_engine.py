@@ -18,17 +18,9 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from leanjoin.engine.admission import Admission, AdmissionError
 from leanjoin.engine.codec import FrameProblem, IgnoredFrame, parse_server_frame
-from leanjoin.engine.server import (
-    FAULT_PHASES,
-    MACHINE,
-    TRANSITIONS,
-    ServerSession,
-    UsageError,
-)
-from leanjoin.engine.server_config import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
-from leanjoin.engine.server_io import (
+from leanjoin.engine.server.admission import Admission, AdmissionError
+from leanjoin.engine.server.events import (
     ClientPublishing,
     ClientVideoArrived,
     CloseConnection,
@@ -55,6 +47,14 @@ from leanjoin.engine.server_io import (
     Shutdown,
     SlotGranted,
     StopModel,
+)
+from leanjoin.engine.server.knobs import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
+from leanjoin.engine.server.session import (
+    FAULT_PHASES,
+    MACHINE,
+    TRANSITIONS,
+    ServerSession,
+    UsageError,
 )
 
 KEY = "test-key"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from trace_scenarios import SCENARIOS, TRACES, build, dump
 
-from leanjoin.engine.trace import replay
+from leanjoin.engine.check.trace import replay
 
 TRACE_FILES = sorted(TRACES.glob("*.jsonl"))
 

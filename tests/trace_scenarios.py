@@ -12,8 +12,9 @@ from typing import Any
 
 from engine_script import Script
 
-from leanjoin.engine.config import InitialState, SessionConfig, Timeouts
-from leanjoin.engine.inputs import (
+from leanjoin.engine.check.trace import step_record, to_record
+from leanjoin.engine.client.config import InitialState, SessionConfig, Timeouts
+from leanjoin.engine.client.inputs import (
     AttemptId,
     ChangePrompt,
     Connect,
@@ -31,8 +32,7 @@ from leanjoin.engine.inputs import (
     SocketOpenFailed,
     TracksPublished,
 )
-from leanjoin.engine.outputs import Output
-from leanjoin.engine.trace import step_record, to_record
+from leanjoin.engine.client.outputs import Output
 
 TRACES = Path(__file__).resolve().parents[1] / "specs" / "traces"
 CONFIG = SessionConfig(

@@ -1,0 +1,1 @@
+"""The ``leanjoin`` command line: connect, demo, serve, check, diagrams."""

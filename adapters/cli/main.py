@@ -1,0 +1,292 @@
+"""The ``leanjoin`` command line: ``connect``, ``demo`` and ``serve``.
+
+Exit status: 0 on success, 1 with a one-line reason on failure, 2 on misuse
+(click). The api key comes from ``LEANJOIN_API_KEY`` only and is never printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.to_thread
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from leanjoin.adapters.client.api import Session, connect
+from leanjoin.adapters.client.errors import LeanJoinError
+from leanjoin.adapters.client.images import image_to_base64
+from leanjoin.adapters.client.png import write_png
+from leanjoin.adapters.client.room_transport import MediaOptions
+from leanjoin.adapters.client.video_sources import FileSource, TestPattern, VideoSource
+from leanjoin.engine.client.outputs import ErrorOccurred, Event
+
+from .display import StatusView, describe, event_json
+
+API_KEY_ENV: Final = "LEANJOIN_API_KEY"
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose == 0:
+        # The native LiveKit client warns about its v1 -> v0 signal fallback on
+        # every join (the double serves v0 only): noise unless asked for.
+        logging.getLogger("livekit").setLevel(logging.ERROR)
+
+
+def _fail(reason: str) -> None:
+    click.echo(f"leanjoin: {reason}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Realtime lean-join client: connect to a model, or run the local demo."""
+    _configure_logging(verbose)
+
+
+# ---- connect -------------------------------------------------------------------------
+
+
+@main.command("connect")
+@click.argument("url")
+@click.option("--model", required=True, help="Model name sent in the socket URL.")
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Reference image file (PNG/JPEG).",
+)
+@click.option("--prompt", help="Initial prompt.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
+@click.option("--seconds", type=click.FloatRange(min=0), help="Leave after N seconds connected.")
+@click.option(
+    "--save-frames",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Save about one output frame per second as PNG into this directory.",
+)
+@click.option(
+    "--video",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Publish this video file (looped) instead of the test pattern.",
+)
+@click.option("--codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True)
+@click.option("--fps", type=click.FloatRange(min=1, max=60), default=30.0, show_default=True)
+@click.option(
+    "--max-bitrate", type=click.IntRange(min=100_000), default=3_500_000, show_default=True
+)
+def connect_command(
+    url: str,
+    model: str,
+    image: Path | None,
+    prompt: str | None,
+    as_json: bool,
+    seconds: float | None,
+    save_frames: Path | None,
+    video: Path | None,
+    codec: str,
+    fps: float,
+    max_bitrate: int,
+) -> None:
+    """Connect to the stream endpoint URL (ws://host:port/v1/stream) and show events."""
+    api_key = os.environ.get(API_KEY_ENV, "")
+    if not api_key:
+        raise click.UsageError(f"set the api key in the environment variable {API_KEY_ENV}")
+    try:
+        image_data = None if image is None else image_to_base64(image)
+        camera: VideoSource = (
+            FileSource(video, fps=fps) if video is not None else TestPattern(640, 360, fps=fps)
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    media = MediaOptions(
+        codec="vp8" if codec == "vp8" else "h264", max_bitrate=max_bitrate, max_framerate=fps
+    )
+    runner = _ConnectRun(as_json=as_json, seconds=seconds, save_frames=save_frames)
+    try:
+        reason = anyio.run(runner.run, url, api_key, model, image_data, prompt, camera, media)
+    except KeyboardInterrupt:
+        reason = None  # the user ended the session: a normal end
+    except ValueError as exc:  # a bad URL, caught by the configuration
+        reason = str(exc)
+    if reason is not None:
+        _fail(reason)
+
+
+class _ConnectRun:
+    def __init__(self, *, as_json: bool, seconds: float | None, save_frames: Path | None) -> None:
+        self._json = as_json
+        self._seconds = seconds
+        self._save = save_frames
+        self._console = Console(stderr=as_json)
+        self._view = StatusView()
+        self._live: Live | None = None
+        self._start = 0.0
+        self._fatal: str | None = None
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, ErrorOccurred) and event.fatal:
+            self._fatal = f"{event.kind.value}: {event.message}"
+        if self._json:
+            click.echo(event_json(event, anyio.current_time() - self._start))
+            return
+        self._view.update(event)
+        console = self._live.console if self._live is not None else self._console
+        at = anyio.current_time() - self._start
+        console.print(f"[dim]{at:7.3f}s[/dim] {describe(event)}", highlight=False)
+
+    async def run(
+        self,
+        url: str,
+        api_key: str,
+        model: str,
+        image_data: str | None,
+        prompt: str | None,
+        camera: VideoSource,
+        media: MediaOptions,
+    ) -> str | None:
+        """Returns None on a normal end, else the reason of the failure."""
+        self._start = anyio.current_time()
+        display: contextlib.AbstractContextManager[Live | None] = (
+            contextlib.nullcontext()
+            if self._json
+            else Live(self._view, console=self._console, refresh_per_second=8, transient=True)
+        )
+        with display as live:
+            self._live = live
+            try:
+                async with connect(
+                    url,
+                    api_key=api_key,
+                    model=model,
+                    image=image_data,
+                    prompt=prompt,
+                    camera=camera,
+                    media=media,
+                    on_event=self._on_event,
+                ) as session:
+                    await self._stay(session)
+            except LeanJoinError as exc:
+                return str(exc)
+        return self._fatal
+
+    async def _stay(self, session: Session) -> None:
+        async with anyio.create_task_group() as tg:
+            if self._save is not None:
+                tg.start_soon(_save_frames, session, self._save)
+            if self._seconds is not None:
+                with anyio.move_on_after(self._seconds):
+                    await _until_closed(session)
+            else:
+                await _until_closed(session)
+            tg.cancel_scope.cancel()
+
+
+async def _until_closed(session: Session) -> None:
+    async for _ in session.events():
+        pass
+
+
+async def _save_frames(session: Session, directory: Path) -> None:
+    count = 0
+    next_at = 0.0
+    async for frame in session.frames():
+        now = anyio.current_time()
+        if now < next_at:
+            continue
+        next_at = now + 1.0
+        count += 1
+        await anyio.to_thread.run_sync(write_png, directory / f"frame_{count:05d}.png", frame)
+
+
+# ---- demo ----------------------------------------------------------------------------
+
+
+@main.command("demo")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("out/demo-contact-sheet.png"),
+    show_default=True,
+    help="Where to write the PNG contact sheet.",
+)
+@click.option("--codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True)
+def demo_command(out: Path, codec: str) -> None:
+    """Run the reference server in-process, connect, change the prompt, check the pixels."""
+    from .demo import DemoFailed, Step, run_demo
+
+    console = Console()
+    console.print("[bold]leanjoin demo[/bold]: reference server + echo model + real LiveKit client")
+
+    def show(step: Step) -> None:
+        console.print(f"  [green]✓[/green] {step.name}", highlight=False)
+
+    try:
+        result = anyio.run(functools.partial(run_demo, out=out, codec=codec, on_step=show))
+    except DemoFailed as exc:
+        _fail(f"demo failed: {exc}")
+        return
+    except KeyboardInterrupt:
+        _fail("demo interrupted")
+        return
+    except Exception as exc:  # anything else still ends in one line, not a traceback
+        _fail(f"demo failed: {type(exc).__name__}: {exc}")
+        return
+    table = Table(title=f"session {result.session_id}: phase timeline", title_justify="left")
+    table.add_column("phase")
+    table.add_column("at", justify="right")
+    table.add_column("since previous", justify="right")
+    previous = 0.0
+    for step in result.steps:
+        table.add_row(
+            step.name, f"{step.at * 1000:8.1f} ms", f"+{(step.at - previous) * 1000:.1f} ms"
+        )
+        previous = step.at
+    console.print(table)
+    for pixel_check in result.checks:
+        console.print(f"[green]pixel check[/green] {pixel_check}", highlight=False)
+    for error in result.errors:
+        console.print(f"[yellow]error event:[/yellow] {error}", highlight=False)
+    console.print(f"contact sheet: {result.sheet}", highlight=False)
+    console.print("[bold green]demo passed[/bold green]")
+
+
+# ---- the other commands -------------------------------------------------------------------
+
+from .check import check  # noqa: E402 - registered on the group defined above
+from .diagrams import diagrams  # noqa: E402
+from .serve import serve  # noqa: E402
+
+main.add_command(serve)
+main.add_command(check)
+main.add_command(diagrams)
+
+
+def entry() -> None:
+    """The ``leanjoin`` console script: run the command, then leave without
+    interpreter finalization. The native LiveKit client's threads can call into
+    a finalizing interpreter and abort the process ("panic in a function that
+    cannot unwind") after a session that ended cleanly; everything is closed
+    by then, so only buffers need flushing."""
+    try:
+        main()
+        status = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            status = 1
+        else:
+            status = 0 if exc.code is None else exc.code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -1,0 +1,151 @@
+"""``leanjoin serve``: run the reference server until Ctrl-C (or SIGTERM);
+SIGUSR1 injects a room loss in every room (a fault-injection control).
+
+Every field of :class:`~leanjoin.engine.server.knobs.ServerKnobs` becomes one
+option (``capacity`` -> ``--capacity``), with the field's help text, so the
+command line and the Python API cannot drift apart. The log (stderr) has one
+line per session phase and never shows api keys, tokens or image data; stdout
+has the URL to connect to and, when none was given, the generated api key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import attrs
+import click
+
+from leanjoin.adapters.server.reference import ReferenceServer
+from leanjoin.engine.server.knobs import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
+
+DEFAULT_PORT: Final = 8765
+
+log = logging.getLogger("leanjoin.serve")
+
+# Knob annotations are strings (postponed evaluation): map each to a click type.
+_PLAIN_TYPES: Final[dict[str, type]] = {
+    "int": int,
+    "int | None": int,
+    "float": float,
+    "float | None": float,
+    "str": str,
+}
+_ENUM_TYPES: Final[dict[str, type[enum.Enum]]] = {
+    "AckDrop": AckDrop,
+    "FaultPhase | None": FaultPhase,
+    "MediaFailurePhase | None": MediaFailurePhase,
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _knob_option(field: attrs.Attribute[Any]) -> Callable[[F], F]:
+    name = "--" + field.name.replace("_", "-")
+    help_text = field.metadata.get("help", "")
+    annotation = str(field.type)
+    if annotation == "bool":
+        return click.option(name, field.name, is_flag=True, default=field.default, help=help_text)
+    enum_type = _ENUM_TYPES.get(annotation)
+    if enum_type is not None:
+        default = field.default.value if isinstance(field.default, enum.Enum) else None
+        choice = click.Choice([member.value for member in enum_type])
+        return click.option(
+            name, field.name, type=choice, default=default, show_default=True, help=help_text
+        )
+    return click.option(
+        name,
+        field.name,
+        type=_PLAIN_TYPES[annotation],
+        default=field.default,
+        show_default=field.default is not None,
+        help=help_text,
+    )
+
+
+def _with_knob_options(command: F) -> F:
+    for field in reversed(attrs.fields(ServerKnobs)):
+        command = _knob_option(field)(command)
+    return command
+
+
+def knobs_from_options(values: dict[str, Any]) -> ServerKnobs:
+    """The knobs named by parsed option values; a bad value is a usage error."""
+    converted = dict(values)
+    for field in attrs.fields(ServerKnobs):
+        enum_type = _ENUM_TYPES.get(str(field.type))
+        if enum_type is not None and converted.get(field.name) is not None:
+            converted[field.name] = enum_type(converted[field.name])
+    try:
+        return ServerKnobs(**converted)
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+async def _run(host: str, port: int, api_key: str | None, knobs: ServerKnobs) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with ReferenceServer(host=host, port=port, api_key=api_key, knobs=knobs) as server:
+        losses: set[asyncio.Task[None]] = set()
+
+        def lose_rooms() -> None:
+            # Fault injection: a room loss in every room, as a test's
+            # RoomHandle.disconnect_participants("room_deleted") would do in-process.
+            log.info("SIGUSR1: room loss: every participant of every room is disconnected")
+            task = loop.create_task(server.livekit.disconnect_all("room_deleted"))
+            losses.add(task)
+            task.add_done_callback(losses.discard)
+
+        loop.add_signal_handler(signal.SIGUSR1, lose_rooms)
+        click.echo(f"leanjoin reference server: {server.url}")
+        if api_key is None:
+            click.echo(f"api key (generated): {server.api_key}")
+        click.echo(f"LiveKit double: {server.livekit.url}")
+        try:
+            await stop.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+        click.echo("shutting down", err=True)
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="port to listen on (0: any free port)",
+)
+@click.option("--api-key", default=None, help="the key clients must send (default: generated)")
+@_with_knob_options
+def serve(host: str, port: int, api_key: str | None, **knob_values: Any) -> None:
+    """Run the reference lean-join server with its LiveKit double.
+
+    Fault injection from outside: SIGUSR1 makes the LiveKit double disconnect
+    every participant of every room with reason ROOM_DELETED (a room loss; each
+    client reconnects on a fresh session). SIGINT or SIGTERM stops the server.
+    """
+    knobs = knobs_from_options(knob_values)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # transitions logs every callback at INFO: far too chatty for one line per phase.
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
+        asyncio.run(_run(host, port, api_key, knobs))
+    click.echo("stopped", err=True)
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,399 @@
+"""The public client API: ``async with connect(...) as session``.
+
+``connect`` builds the engine's configuration, starts the driver (the one task
+that owns the engine) and the camera, sends ``Connect`` and returns once the
+engine reports the session started, or raises :class:`ConnectFailed` with the
+typed error. Leaving the ``async with`` — normally, by an exception or by
+cancellation — disconnects, waits (shielded, bounded) for every socket and room
+to close, and stops every task it started.
+
+Everything the engine reports is an event: delivered in order to ``on_event``
+(called in the engine's task: keep it quick) and to every ``events()``
+iterator. Events raised before ``connect`` returns wait in a backlog that the
+first ``events()`` iterator receives, so none is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Final
+
+import anyio
+import anyio.abc
+import attrs
+
+from leanjoin.engine.client.config import InitialState, RetryPolicy, SessionConfig, Timeouts
+from leanjoin.engine.client.inputs import (
+    AttemptId,
+    ChangeImage,
+    ChangePrompt,
+    Connect,
+    Disconnect,
+    RequestId,
+)
+from leanjoin.engine.client.outputs import (
+    ConnectionState,
+    ErrorKind,
+    ErrorOccurred,
+    Event,
+    InitialStateAcked,
+    RemoteStream,
+    RequestAcked,
+    RequestFailed,
+    SessionStarted,
+    StateChanged,
+)
+from leanjoin.engine.client.session import ClientSession
+from leanjoin.engine.messages import ABSENT, ClientCapabilities
+
+from .driver import Driver
+from .errors import (
+    ConnectFailed,
+    LeanJoinError,
+    RequestError,
+    RequestRejected,
+    RequestTimedOut,
+    SessionClosed,
+)
+from .fanout import Fanout
+from .images import ImageInput, image_to_base64
+from .room_transport import CameraFeed, MediaOptions
+from .video_sources import Frame, TestPattern, VideoSource
+from .ws_transport import SocketOptions
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[Event], object]
+
+# Events kept for the first events() iterator when nobody iterates yet.
+EVENT_BACKLOG: Final = 10_000
+
+
+TIMELINE_LENGTH: Final = 1024
+
+
+@attrs.frozen
+class Milestone:
+    """A step of a connect attempt, for timelines (``at``: ``anyio.current_time()``)."""
+
+    at: float
+    attempt: int
+    name: str
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    done: anyio.Event = attrs.Factory(anyio.Event)
+    outcome: RequestAcked | RequestFailed | None = None
+
+
+class Session:
+    """A connected lean-join session. Made by :func:`connect`, not directly.
+
+    Runs on anyio's asyncio backend only: ``websockets`` (asyncio client) and
+    ``livekit.rtc`` are asyncio libraries."""
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        *,
+        camera: VideoSource,
+        media: MediaOptions,
+        socket: SocketOptions,
+        on_event: EventCallback | None,
+    ) -> None:
+        self._config = config
+        self._camera = CameraFeed(camera)
+        self._on_event_callback = on_event
+        self._engine = ClientSession(config)
+        self._driver = Driver(
+            self._engine,
+            camera=self._camera,
+            on_event=self._on_event,
+            on_frame=self._on_frame,
+            trace=self._note,
+            socket_options=socket,
+            media_options=media,
+        )
+        self._events: Fanout[Event] = Fanout(maxlen=None, backlog=EVENT_BACKLOG)
+        self._frames: Fanout[Frame] = Fanout(maxlen=2, backlog=1)
+        self._state = ConnectionState.DISCONNECTED
+        self._started: SessionStarted | None = None
+        self._fatal: ErrorOccurred | None = None
+        self._settled = anyio.Event()  # connected, or failed for good
+        self._waiters: dict[RequestId, _Waiter] = {}
+        self._last_request = 0
+        self._streams: set[AttemptId] = set()
+        self._first_frame: set[AttemptId] = set()
+        # The newest milestones only: every request adds one, and a session may last hours.
+        self._timeline: deque[Milestone] = deque(maxlen=TIMELINE_LENGTH)
+        self._crash: BaseException | None = None
+        self._closed = False
+        self.started_at = anyio.current_time()
+
+    def __repr__(self) -> str:
+        return f"Session(state={self._state.value}, session_id={self.session_id!r})"
+
+    # ---- what the session is --------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def session_id(self) -> str | None:
+        return None if self._started is None else self._started.session_id
+
+    @property
+    def room_name(self) -> str | None:
+        return None if self._started is None else self._started.room_name
+
+    @property
+    def subscribe_token(self) -> str | None:
+        """base64 of ``{"room_name": ...}``: lets a viewer subscribe to the room."""
+        return None if self._started is None else self._started.subscribe_token
+
+    @property
+    def closed(self) -> bool:
+        """True once the session ended (left, fatal error, or internal failure)."""
+        return self._closed
+
+    @property
+    def timeline(self) -> list[Milestone]:
+        """Milestones of the attempts so far, oldest first (no secrets); the
+        newest ``TIMELINE_LENGTH`` of them in a long session."""
+        return list(self._timeline)
+
+    @property
+    def input_frame(self) -> Frame | None:
+        """The camera frame most recently sent to the room (or produced before)."""
+        return self._camera.latest
+
+    @property
+    def camera(self) -> VideoSource:
+        return self._camera.source
+
+    # ---- streams ----------------------------------------------------------------------
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event in order; ends when the session ends. The first iterator
+        also gets the events raised before it started (including during connect)."""
+        return self._events.subscribe()
+
+    def frames(self) -> AsyncIterator[Frame]:
+        """Decoded output video of the model as HxWx3 uint8 RGB arrays; a slow
+        reader skips frames. Ends when the session ends."""
+        return self._frames.subscribe()
+
+    # ---- requests ---------------------------------------------------------------------
+
+    async def set_prompt(self, prompt: str, *, enhance: bool = True) -> None:
+        """Send a ``prompt``; return on its ack. Raises :class:`RequestRejected`,
+        :class:`RequestTimedOut`, another :class:`RequestError`,
+        ``NotConnectedError`` (not connected now) or :class:`SessionClosed`."""
+        request = self._new_request()
+        await self._request(request, ChangePrompt(request, prompt, enhance))
+
+    async def set_image(
+        self,
+        image: ImageInput,
+        *,
+        prompt: str | None = None,
+        enhance_prompt: bool | None = None,
+    ) -> None:
+        """Send a ``set_image`` (bytes, path, data: URL, base64 or array; see
+        :func:`~leanjoin.adapters.client.images.image_to_base64`); return on its ack."""
+        data = image_to_base64(image)
+        request = self._new_request()
+        command = ChangeImage(
+            request, image_data=data, prompt=prompt, enhance_prompt=enhance_prompt
+        )
+        await self._request(request, command)
+
+    def _new_request(self) -> RequestId:
+        self._last_request += 1
+        return RequestId(self._last_request)
+
+    async def _request(self, request: RequestId, command: ChangePrompt | ChangeImage) -> None:
+        if self._closed:
+            raise SessionClosed("the session is closed")
+        waiter = self._waiters[request] = _Waiter()
+        try:
+            await self._driver.call(command)
+            await waiter.done.wait()
+        finally:
+            self._waiters.pop(request, None)
+        outcome = waiter.outcome
+        if isinstance(outcome, RequestAcked):
+            return
+        if outcome is None:
+            raise SessionClosed("the session closed before the request was answered")
+        error: type[RequestError] = {
+            ErrorKind.REQUEST_REJECTED: RequestRejected,
+            ErrorKind.REQUEST_TIMEOUT: RequestTimedOut,
+        }.get(outcome.kind, RequestError)
+        raise error(request, outcome.kind, outcome.message)
+
+    # ---- lifecycle (used by connect) -------------------------------------------------
+
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The session's tasks: the driver and the camera pump."""
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._driver.run)
+                tg.start_soon(self._camera.run)
+                task_status.started()
+        except Exception as exc:  # an engine or adapter bug: end the session, say so
+            log.exception("leanjoin session failed internally")
+            self._crash = exc
+        finally:
+            self._finish()
+
+    async def _connect(self, command: Connect) -> None:
+        await self._driver.call(command)
+        await self._settled.wait()
+        if self._crash is not None:
+            raise LeanJoinError("the session failed internally") from self._crash
+        if self._started is None:
+            fatal = self._fatal
+            if fatal is None:
+                raise SessionClosed("the session closed while connecting")
+            raise ConnectFailed(fatal.kind, fatal.message, fatal.attempt)
+
+    async def _shutdown(self, timeout: float) -> None:
+        """Disconnect, then wait for sockets and rooms to close. Shielded, bounded."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+            with contextlib.suppress(SessionClosed):  # a stopped driver took its tasks along
+                await self._driver.call(Disconnect())
+            self._driver.abandon_all()  # stale attempts' rooms still connecting, too
+            await self._driver.wait_io_idle()
+
+    def _finish(self) -> None:
+        self._closed = True
+        self._state = ConnectionState.DISCONNECTED  # also when the engine's task died
+        self._settled.set()
+        for waiter in self._waiters.values():
+            waiter.done.set()
+        self._events.close()
+        self._frames.close()
+
+    # ---- from the driver (the engine's task) -----------------------------------------
+
+    def _note(self, attempt: AttemptId, name: str) -> None:
+        self._timeline.append(Milestone(anyio.current_time(), attempt, name))
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, StateChanged):
+            self._state = event.state
+        elif isinstance(event, SessionStarted):
+            self._started = event
+            self._note(event.attempt, "connected")
+            self._settled.set()
+        elif isinstance(event, RemoteStream) and event.kind == "video":
+            self._streams.add(event.attempt)
+        elif isinstance(event, InitialStateAcked):
+            self._note(event.attempt, "initial_state_acked")
+        elif isinstance(event, RequestAcked | RequestFailed):
+            waiter = self._waiters.get(event.request)
+            if waiter is not None:
+                waiter.outcome = event
+                waiter.done.set()
+        elif isinstance(event, ErrorOccurred) and event.fatal:
+            self._fatal = event
+        self._events.publish(event)
+        if self._on_event_callback is not None:
+            try:
+                self._on_event_callback(event)
+            except Exception:  # a user callback must not break the engine's task
+                log.exception("on_event callback raised for %s", type(event).__name__)
+        if isinstance(event, StateChanged) and event.state is ConnectionState.DISCONNECTED:
+            self._settled.set()
+            self._finish()
+
+    def _on_frame(self, attempt: AttemptId, frame: Frame) -> None:
+        # Only the live attempt's model video: a stale room's late frame is dropped.
+        if attempt != self._driver.live_attempt or attempt not in self._streams:
+            return
+        if attempt not in self._first_frame:
+            self._first_frame.add(attempt)
+            self._note(attempt, "first_output_frame")
+        self._frames.publish(frame)
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    *,
+    api_key: str,
+    model: str,
+    image: ImageInput | None = None,
+    prompt: str | None = None,
+    enhance_prompt: bool | None = None,
+    passthrough: bool | None = None,
+    camera: VideoSource | None = None,
+    media: MediaOptions | None = None,
+    socket: SocketOptions | None = None,
+    timeouts: Timeouts | None = None,
+    retry: RetryPolicy | None = None,
+    resolution: str | None = None,
+    speed: str | None = None,
+    user_agent: str | None = None,
+    frame_timing: bool | None = None,
+    on_event: EventCallback | None = None,
+    shutdown_timeout: float = 10.0,
+) -> AsyncIterator[Session]:
+    """Connect a lean-join session; yields it once connected.
+
+    ``url`` is the stream endpoint (``ws://host:port/v1/stream``). ``image`` and
+    ``prompt`` form the initial state (``passthrough`` is derived from them unless
+    given). ``camera`` defaults to a moving test pattern. Raises
+    :class:`ConnectFailed` when the engine gives up, ``ValueError`` for bad
+    arguments (``ImageError`` for images) before anything is opened.
+    """
+    timeouts = timeouts if timeouts is not None else Timeouts()
+    socket = socket if socket is not None else SocketOptions(open_timeout=timeouts.socket_open)
+    capabilities = ABSENT if frame_timing is None else ClientCapabilities(frame_timing=frame_timing)
+    config = SessionConfig(
+        url=url,
+        api_key=api_key,
+        model=model,
+        resolution=resolution,
+        speed=speed,
+        user_agent=user_agent,
+        client_capabilities=capabilities,
+        timeouts=timeouts,
+        retry=retry if retry is not None else RetryPolicy(),
+    )
+    initial = InitialState(
+        image_data=None if image is None else image_to_base64(image),
+        prompt=prompt,
+        enhance_prompt=enhance_prompt,
+    )
+    session = Session(
+        config,
+        camera=camera if camera is not None else TestPattern(),
+        media=media if media is not None else MediaOptions(),
+        socket=socket,
+        on_event=on_event,
+    )
+    # The caller's exception is kept out of the task group (which would wrap it in
+    # an ExceptionGroup) and re-raised as itself once everything is closed.
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(session._run)
+        try:
+            await session._connect(Connect(initial, passthrough))
+            yield session
+        except Exception as exc:
+            failure = exc
+        finally:
+            await session._shutdown(shutdown_timeout)
+            tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    if session._crash is not None:
+        raise LeanJoinError("the session failed internally") from session._crash

@@ -1,0 +1,69 @@
+"""Exceptions of the client API.
+
+Messages are built from the engine's typed errors, which never quote secrets
+(api key, LiveKit tokens, image data); nothing here adds any.
+"""
+
+from __future__ import annotations
+
+from leanjoin.engine.client.inputs import AttemptId, RequestId
+from leanjoin.engine.client.outputs import ErrorKind
+from leanjoin.engine.client.session import NotConnectedError, UsageError
+
+__all__ = [
+    "ConnectFailed",
+    "ImageError",
+    "LeanJoinError",
+    "NotConnectedError",
+    "RequestError",
+    "RequestRejected",
+    "RequestTimedOut",
+    "SessionClosed",
+    "UnsupportedImageSource",
+    "UsageError",
+]
+
+
+class LeanJoinError(Exception):
+    """Base class of every error the client API raises on purpose."""
+
+
+class ConnectFailed(LeanJoinError):
+    """``connect()`` gave up: the engine reported a fatal error before the
+    session was connected. ``kind`` says why (see ``ErrorKind``)."""
+
+    def __init__(self, kind: ErrorKind, message: str, attempt: AttemptId | None = None) -> None:
+        super().__init__(f"{kind.value}: {message}")
+        self.kind = kind
+        self.message = message
+        self.attempt = attempt
+
+
+class SessionClosed(LeanJoinError):
+    """The session ended (left, failed fatally or crashed) before the call could finish."""
+
+
+class RequestError(LeanJoinError):
+    """A runtime ``prompt``/``set_image`` request did not succeed."""
+
+    def __init__(self, request: RequestId, kind: ErrorKind, message: str) -> None:
+        super().__init__(f"{kind.value}: {message}")
+        self.request = request
+        self.kind = kind
+        self.message = message
+
+
+class RequestRejected(RequestError):
+    """The server answered the request with ``success: false``."""
+
+
+class RequestTimedOut(RequestError):
+    """No ack arrived within the request-ack timeout."""
+
+
+class ImageError(LeanJoinError, ValueError):
+    """An image argument could not be turned into base64 image data."""
+
+
+class UnsupportedImageSource(ImageError):
+    """A URL scheme that the client refuses to fetch (http, https, file, ...)."""

@@ -1,0 +1,556 @@
+"""The reference server: a ``websockets`` asyncio server around the server engine.
+
+One :class:`~leanjoin.engine.server.session.ServerSession` per connection, one shared
+:class:`~leanjoin.engine.server.admission.Admission` queue, one LiveKit double for
+the media. Every entry point does the same three steps, the way aioquic's
+asyncio protocol does: feed the engine, perform its outputs, re-arm its timer.
+
+All feeding goes through one synchronous pump with a FIFO of pending inputs:
+an admission notice for another connection, or an answer the adapter can give
+at once (a room), is queued, never fed from inside another feed. Frames leave
+through one writer task per connection, so they keep the engine's order even
+when several entry points produce frames for the same connection.
+
+Nothing here logs an api key, a token or image data: the log shows session
+numbers, phases and problem texts, which the engine keeps free of secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from leanjoin.engine.server.admission import Admission
+from leanjoin.engine.server.events import (
+    ClientPublishing,
+    ClientVideoArrived,
+    CloseConnection,
+    ConfigureModel,
+    CreateRoom,
+    DecodeReference,
+    FailMedia,
+    FrameIn,
+    Opened,
+    PeerClosed,
+    PhaseChanged,
+    ProblemNoted,
+    ReferenceDecoded,
+    ReferenceUndecodable,
+    ReleaseSlot,
+    RequestId,
+    RequestSlot,
+    RoomFailed,
+    RoomReady,
+    SendFrame,
+    ServerOutput,
+    SessionPhase,
+    Shutdown,
+    StopModel,
+)
+from leanjoin.engine.server.knobs import ServerKnobs
+from leanjoin.engine.server.session import ServerSession
+
+from .echo_model import decode_reference, echo_transform, mean_colour
+from .lkdouble import LiveKitDouble, RoomHandle
+from .reading import Prefetching, Uplink, UplinkConnection, receive
+
+log = logging.getLogger("leanjoin.server")
+
+STREAM_PATH: Final = "/v1/stream"
+LISTEN_BACKLOG: Final = 1024
+FLUSH_TIMEOUT: Final = 2.0  # seconds a closing connection gets to send its last frames
+# Back-pressure on a peer that does not read what it is sent: above the high
+# mark its next frame is not read until the outbox drains below the low mark;
+# a peer stuck there for DEAF_PEER_TIMEOUT is dropped.
+OUTBOX_HIGH_BYTES: Final = 1 << 20
+OUTBOX_LOW_BYTES: Final = 1 << 18
+DEAF_PEER_TIMEOUT: Final = 5.0
+_TIMER: Final = object()  # pump item: the connection's deadline is due
+_ADMIT: Final = object()  # pump item: the admission rate timer is due
+
+Image = npt.NDArray[np.uint8]
+
+
+def _wire_logger() -> logging.Logger:
+    # websockets logs request lines at DEBUG, and ours carry the api key in the
+    # query: this logger passes only INFO and above, whatever the configuration.
+    wire = logging.getLogger("leanjoin.server.wire")
+    if not wire.filters:
+        wire.addFilter(lambda record: record.levelno >= logging.INFO)
+    return wire
+
+
+class _Connection:
+    """The adapter's side of one session: socket, outbox, timer, room, images."""
+
+    def __init__(self, number: int, socket: ServerConnection, engine: ServerSession) -> None:
+        self.number = number
+        self.socket = socket
+        self.engine = engine
+        # Frames to send, in order; a FailMedia is done once the frames before it
+        # are sent; a CloseConnection or None (stop) ends the writer.
+        self.outbox: deque[str | CloseConnection | FailMedia | None] = deque()
+        self.outbox_bytes = 0  # characters of the frames waiting in the outbox
+        self.drained = asyncio.Event()  # set while the outbox is below the high mark
+        self.drained.set()
+        self.wake = asyncio.Event()
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at: float | None = None
+        self.room: RoomHandle | None = None
+        self.references: dict[RequestId, Image] = {}
+        # The newest message whose reference was decoded as it streamed in.
+        self.prefetched: Prefetching | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<connection {self.number} {self.engine.phase.value}>"
+
+
+def _reference_swatch(data: bytes) -> Image:
+    """Decode a reference and keep only what the echo model uses, its mean
+    colour, as a 1x1 image: computed once here instead of on every camera
+    frame (about 90 ms a frame for an 8 MB image), and megabytes lighter."""
+    colour = mean_colour(decode_reference(data))
+    return np.array([[colour]], dtype=np.uint8)
+
+
+@attrs.frozen
+class _RoomNews:
+    """What a session's room tells its engine (called inside the double's frame path)."""
+
+    feed: Callable[[object], None]  # the server's pump, for this session
+
+    def client_publishing(self) -> None:
+        self.feed(ClientPublishing())
+
+    def client_video(self) -> None:
+        self.feed(ClientVideoArrived())
+
+
+class ReferenceServer:
+    """The lean-join signaling server with a LiveKit double for the media."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        knobs: ServerKnobs = ServerKnobs(),  # noqa: B008 - frozen, so one shared default is safe
+    ) -> None:
+        self._host = host
+        self._port = port
+        self.__api_key = api_key if api_key is not None else secrets.token_urlsafe(24)
+        self.knobs = knobs
+        self._livekit = LiveKitDouble(
+            host=host,
+            api_key="leanjoin-double",
+            media_setup_delay=knobs.media_setup_delay,
+            join_answer_delay=knobs.join_answer_delay,
+            publish_delay=knobs.publish_delay,
+        )
+        self._admission: Admission[_Connection] = Admission(
+            knobs.capacity, knobs.max_queue, knobs.admissions_per_second
+        )
+        self._admit_timer: asyncio.TimerHandle | None = None
+        self._admit_at: float | None = None
+        self._drained = asyncio.Event()  # set whenever no connection is open
+        self._drained.set()
+        self._connections: set[_Connection] = set()
+        self._numbers = itertools.count(1)
+        self._work: deque[tuple[_Connection | None, object]] = deque()
+        self._pumping = False
+        self._clock = float("-inf")
+        self._server: Server | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        where = self.url if self._server is not None else "not started"
+        return f"ReferenceServer({where}, connections={len(self._connections)})"
+
+    # ---- public API -----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The stream endpoint clients connect to (add ``?api_key=…&model=…``)."""
+        return f"ws://{self._host}:{self._port}{STREAM_PATH}"
+
+    @property
+    def api_key(self) -> str:
+        return self.__api_key
+
+    @property
+    def livekit(self) -> LiveKitDouble:
+        return self._livekit
+
+    @property
+    def connections(self) -> int:
+        """Connections currently open."""
+        return len(self._connections)
+
+    async def __aenter__(self) -> ReferenceServer:
+        await self._livekit.start()
+        try:
+            self._server = await serve(
+                self._serve,
+                self._host,
+                self._port,
+                process_request=self._route,
+                # A frame somewhat over the engine's limit still reaches the engine,
+                # which answers with an error naming the limit; beyond twice the
+                # limit websockets itself closes the connection with 1009.
+                max_size=2 * self.knobs.max_frame_bytes,
+                # permessage-deflate keeps zlib contexts per connection (about 40 KiB
+                # of an idle connection, measured) for frames that are mostly base64.
+                compression=None,
+                # asyncio's default accept backlog (100) drops a burst of connects,
+                # and a dropped SYN costs its client a one-second retransmit.
+                backlog=LISTEN_BACKLOG,
+                create_connection=UplinkConnection,
+                logger=_wire_logger(),
+            )
+        except BaseException:
+            await self._livekit.aclose()
+            raise
+        self._port = int(self._server.sockets[0].getsockname()[1])
+        log.info("reference server listening on %s", self.url)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """End every session politely, stop listening, close the LiveKit double."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for connection in list(self._connections):
+            self._feed(connection, Shutdown())
+        # Let each connection send its goodbye (generation_ended, close frame).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FLUSH_TIMEOUT):
+                await self._drained.wait()
+        server.close()
+        await server.wait_closed()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._admit_timer is not None:
+            self._admit_timer.cancel()
+        await self._livekit.aclose()
+        log.info("reference server stopped")
+
+    # ---- the socket -------------------------------------------------------------------
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if not path.startswith(STREAM_PATH):
+            return connection.respond(404, f"not found: the stream endpoint is {STREAM_PATH}\n")
+        return None
+
+    async def _serve(self, socket: ServerConnection) -> None:
+        number = next(self._numbers)
+        limit = self.knobs.fault_connections
+        faults = limit is None or number <= limit
+        connection = _Connection(
+            number, socket, ServerSession(self.knobs, self.__api_key, faults=faults)
+        )
+        self._connections.add(connection)
+        self._drained.clear()
+        writer = asyncio.create_task(self._write(connection))
+        assert socket.request is not None, "the handler runs after the opening handshake"
+        query = parse_qs(socket.request.path.partition("?")[2])
+
+        def first(name: str) -> str | None:
+            values = query.get(name)
+            return values[0] if values else None
+
+        try:
+            self._feed(
+                connection,
+                Opened(
+                    api_key=first("api_key"),
+                    model=first("model"),
+                    resolution=first("resolution"),
+                    user_agent=first("user_agent"),
+                ),
+            )
+            assert isinstance(socket, UplinkConnection)
+            uplink = Uplink(socket, self.knobs.uplink_bytes_per_second)
+            while True:
+                message = await receive(socket, uplink, functools.partial(self._spawn, connection))
+                if message.prefetching is not None:
+                    connection.prefetched = message.prefetching
+                if not connection.drained.is_set():
+                    await self._wait_for_reader(connection)
+                self._feed(connection, FrameIn(message.frame))
+        except ConnectionClosed:
+            pass  # reported below, with the code the socket saw
+        finally:
+            self._feed(connection, PeerClosed(socket.close_code, socket.close_reason or ""))
+            connection.outbox.append(None)
+            connection.wake.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FLUSH_TIMEOUT):
+                    await asyncio.shield(writer)
+            writer.cancel()
+            self._forget(connection)
+
+    async def _wait_for_reader(self, connection: _Connection) -> None:
+        """Stop reading a peer that does not read its answers; drop it if it stays so."""
+        try:
+            async with asyncio.timeout(DEAF_PEER_TIMEOUT):
+                await connection.drained.wait()
+        except TimeoutError:
+            log.info("connection %d: peer does not read its frames; dropped", connection.number)
+            transport = connection.socket.transport
+            if transport is not None:
+                transport.abort()  # a closing handshake would wait on the same full buffer
+            raise ConnectionClosed(None, None) from None
+
+    async def _write(self, connection: _Connection) -> None:
+        """Send the outbox in order; a CloseConnection ends it."""
+        socket = connection.socket
+        try:
+            while True:
+                await connection.wake.wait()
+                connection.wake.clear()
+                while connection.outbox:
+                    item = connection.outbox.popleft()
+                    if item is None:
+                        return
+                    if isinstance(item, CloseConnection):
+                        await socket.close(item.code, item.reason)
+                        return
+                    if isinstance(item, FailMedia):
+                        self._fail_media(connection)
+                        continue
+                    await socket.send(item)
+                    connection.outbox_bytes -= len(item)
+                    if connection.outbox_bytes <= OUTBOX_LOW_BYTES:
+                        connection.drained.set()
+        except ConnectionClosed:
+            return
+
+    # ---- the pump: feed, perform, re-arm ----------------------------------------------------
+
+    def _now(self) -> float:
+        # One monotonic clock for every engine, which refuse time going backwards.
+        self._clock = max(self._clock, asyncio.get_running_loop().time())
+        return self._clock
+
+    def _catch_up(self, deadline: float | None) -> float:
+        # asyncio may run a timer up to its clock resolution early: count it as due.
+        if deadline is not None:
+            self._clock = max(self._clock, deadline)
+        return self._clock
+
+    def _feed(self, connection: _Connection | None, item: object) -> None:
+        self._work.append((connection, item))
+        if self._pumping:
+            return  # the running pump takes it, in order
+        self._pumping = True
+        try:
+            while self._work:
+                target, work = self._work.popleft()
+                self._step(target, work)
+        finally:
+            self._pumping = False
+
+    def _step(self, connection: _Connection | None, item: object) -> None:
+        now = self._now()
+        if connection is None:  # the admission rate timer
+            now = self._catch_up(self._admit_at)
+            self._admit_timer = self._admit_at = None
+            self._work.extend(self._admission.handle_timer(now))
+            self._arm_admission()
+            return
+        try:
+            if item is _TIMER:
+                now = self._catch_up(connection.timer_at)
+                connection.timer = connection.timer_at = None
+                outputs = connection.engine.handle_timer(now)
+            else:
+                outputs = connection.engine.handle(item, now)
+            for output in outputs:
+                self._perform(connection, output)
+        except Exception:
+            # An adapter bug must not take the server down: drop this connection.
+            log.exception("session %d: internal error; closing it", connection.number)
+            connection.outbox.append(CloseConnection(1011, "internal error"))
+            connection.wake.set()
+            return
+        self._arm(connection)
+
+    def _perform(self, connection: _Connection, output: ServerOutput) -> None:
+        if isinstance(output, SendFrame | CloseConnection | FailMedia):
+            # In the outbox: a media failure comes after the frames output before it.
+            if isinstance(output, SendFrame):
+                connection.outbox.append(output.frame)
+                connection.outbox_bytes += len(output.frame)
+                if connection.outbox_bytes > OUTBOX_HIGH_BYTES:
+                    connection.drained.clear()
+            else:
+                connection.outbox.append(output)
+            connection.wake.set()
+        elif isinstance(output, RequestSlot):
+            self._work.extend(self._admission.request(connection, self._now()))
+            self._arm_admission()
+        elif isinstance(output, ReleaseSlot):
+            self._work.extend(self._admission.release(connection, self._now()))
+            self._arm_admission()
+        elif isinstance(output, CreateRoom):
+            self._work.append((connection, self._create_room(connection)))
+        elif isinstance(output, DecodeReference):
+            self._spawn(connection, self._decode(connection, output))
+        elif isinstance(output, ConfigureModel):
+            self._configure(connection, output)
+        elif isinstance(output, StopModel):
+            if connection.room is not None:
+                connection.room.set_transform(None)
+        elif isinstance(output, PhaseChanged):
+            detail = f" ({output.detail})" if output.detail else ""
+            log.info("session %d: %s%s", connection.number, output.phase.value, detail)
+            if output.phase is SessionPhase.CLOSED:
+                self._end(connection)
+        elif isinstance(output, ProblemNoted):
+            log.info("session %d: refused: %s", connection.number, output.detail)
+
+    def _arm(self, connection: _Connection) -> None:
+        when = connection.engine.get_timer()
+        if when == connection.timer_at:
+            return
+        if connection.timer is not None:
+            connection.timer.cancel()
+        connection.timer_at = when
+        connection.timer = None
+        if when is not None:
+            loop = asyncio.get_running_loop()
+            connection.timer = loop.call_at(when, self._feed, connection, _TIMER)
+
+    def _arm_admission(self) -> None:
+        when = self._admission.get_timer()
+        if when == self._admit_at:
+            return
+        if self._admit_timer is not None:
+            self._admit_timer.cancel()
+            self._admit_timer = None
+        self._admit_at = when
+        if when is not None:
+            loop = asyncio.get_running_loop()
+            self._admit_timer = loop.call_at(when, self._feed, None, _ADMIT)
+
+    # ---- rooms, images and the model ----------------------------------------------------------
+
+    def _create_room(self, connection: _Connection) -> RoomReady | RoomFailed:
+        session_id = secrets.token_hex(8)
+        room_name = f"leanjoin-{session_id[:12]}"
+        try:
+            token = self._livekit.mint_token(room=room_name, identity=f"client-{session_id}")
+        except Exception as exc:  # answer the engine; never leak the exception text
+            return RoomFailed(f"token minting failed ({type(exc).__name__})")
+        room = connection.room = self._livekit.room(room_name)
+        room.refuses_joins = self.knobs.refuse_media and connection.engine.faults
+        room.listener = _RoomNews(functools.partial(self._feed, connection))
+        return RoomReady(self._livekit.url, token, room_name, session_id)
+
+    async def _decode(self, connection: _Connection, effect: DecodeReference) -> None:
+        image: Image | None = None
+        prefetched = connection.prefetched
+        if prefetched is not None:
+            image = await prefetched.swatch_for(effect.data)
+            if image is not None and connection.prefetched is prefetched:
+                connection.prefetched = None  # used: let its bytes go
+        try:
+            if image is None:
+                image = await asyncio.to_thread(_reference_swatch, effect.data)
+        except ValueError as exc:
+            self._feed(connection, ReferenceUndecodable(effect.request, str(exc)))
+            return
+        connection.references[effect.request] = image
+        self._feed(connection, ReferenceDecoded(effect.request))
+
+    def _configure(self, connection: _Connection, model: ConfigureModel) -> None:
+        # Requests apply in order, so images of earlier requests are superseded;
+        # later ones may be decoded already and wait for their processing time.
+        if model.reference is not None:
+            for stale in [r for r in connection.references if r < model.reference]:
+                del connection.references[stale]
+        reference = None if model.reference is None else connection.references.get(model.reference)
+        if connection.room is not None:
+            connection.room.set_transform(
+                functools.partial(
+                    echo_transform,
+                    prompt=model.prompt,
+                    reference=reference,
+                    passthrough=model.passthrough,
+                )
+            )
+
+    # ---- lifetime ---------------------------------------------------------------------------
+
+    def _spawn(self, connection: _Connection, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        connection.tasks.add(task)
+        task.add_done_callback(connection.tasks.discard)
+
+    def _end(self, connection: _Connection) -> None:
+        """The session closed: stop its timer and tasks, empty its room and let the
+        double forget it (once no client of it is left)."""
+        if connection.timer is not None:
+            connection.timer.cancel()
+            connection.timer = connection.timer_at = None
+        for task in list(connection.tasks):
+            task.cancel()
+        connection.references.clear()
+        connection.prefetched = None
+        room = connection.room
+        if room is not None:
+            room.listener = None  # the closed engine hears nothing more of it
+            self._livekit.release_room(room.name)
+            if room.participants:
+                self._in_background(room.disconnect_participants("session ended"))
+
+    def _fail_media(self, connection: _Connection) -> None:
+        """The ``media_failure_at`` fault: the LiveKit double makes the session's
+        room participants leave with reason MEDIA_FAILURE. The session goes on;
+        its client is expected to give up the attempt (or reconnect)."""
+        room = connection.room
+        if room is None or not room.participants:
+            log.info("session %d: media failure injected; no client in the room", connection.number)
+            return
+        log.info("session %d: media failure injected", connection.number)
+        # Not a connection task: `_end` must not cancel a leave half sent.
+        self._in_background(room.fail_media())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` past its session's end (``aclose`` cancels what is left)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _forget(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+        if not self._connections:
+            self._drained.set()

@@ -1,0 +1,1 @@
+"""Checking the engines: the exhaustive explorer, its invariants and replayable traces."""

@@ -1,0 +1,901 @@
+"""The client side of the lean-join handshake: one table, one session object.
+
+Rules of this module (they are the engine's rules; specs/protocol.md is the
+normative text, and this table is the part of it you can execute):
+
+1. No I/O, no clock, no threads, no async library. Time comes in as ``now``;
+   timers go out as one absolute deadline (``get_timer()``) and come back as
+   ``handle_timer(now)``, the way aioquic's QuicConnection does it.
+2. Inputs are frozen attrs classes (``leanjoin.engine.client.inputs``); outputs are
+   effects and events (``leanjoin.engine.client.outputs``). Every transport input
+   and every output names its connect attempt. Input of any attempt but the
+   live one is dropped, so nothing of a stale attempt reaches the user.
+3. Phases and transitions are the ``TRANSITIONS`` table below, run by one
+   shared ``transitions.Machine`` (no auto transitions, bound callbacks, no
+   Graph/Async/Timeout variants). Callbacks only update fields and append
+   outputs; they never fire another trigger.
+4. Misuse of the API (or an adapter reporting something it was never asked
+   to do) raises :class:`UsageError`. Nothing a peer sends raises: bad or
+   hostile input becomes a typed error event or a failed attempt.
+5. The same inputs at the same times always give the same outputs.
+
+Everything an attempt owns (deadlines, buffered ack, pending requests) lives
+in its :class:`~leanjoin.engine.client.attempt.Attempt` record, dropped at teardown.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+from transitions import EventData
+
+from ..codec import FrameProblem, IgnoredFrame, encode, parse_server_frame
+from ..messages import (
+    Error,
+    GenerationEnded,
+    GenerationStarted,
+    GenerationTick,
+    LiveKitJoin,
+    LiveKitRoomInfo,
+    Prompt,
+    PromptAck,
+    QueuePosition,
+    ServerMessage,
+    SetImage,
+    SetImageAck,
+)
+from ..table import Row, build_machine
+from .attempt import AckWatch, Attempt, Deadline, PendingRequest
+from .config import InitialState, SessionConfig
+from .inputs import (
+    AttemptId,
+    ChangeImage,
+    ChangePrompt,
+    Connect,
+    Disconnect,
+    FrameReceived,
+    Input,
+    PublishFailed,
+    RemoteTrackReceived,
+    RequestId,
+    RoomConnected,
+    RoomConnectFailed,
+    RoomDisconnected,
+    SendFailed,
+    SocketClosed,
+    SocketOpened,
+    SocketOpenFailed,
+    TracksPublished,
+)
+from .outputs import (
+    CloseSocket,
+    ConnectionState,
+    ConnectRoom,
+    DisconnectRoom,
+    ErrorKind,
+    ErrorOccurred,
+    FramePurpose,
+    GenerationStopped,
+    GenerationTicked,
+    InitialStateAcked,
+    OpenSocket,
+    Output,
+    PublishTracks,
+    QueuePositionChanged,
+    RemoteStream,
+    RequestAcked,
+    RequestFailed,
+    RetryScheduled,
+    SendFrame,
+    SessionStarted,
+    StateChanged,
+)
+
+
+class UsageError(Exception):
+    """The local side misused the engine: a command in the wrong state, an
+    adapter result that was never asked for, time going backwards."""
+
+
+class NotConnectedError(UsageError):
+    """A runtime request while the session is not connected."""
+
+
+class Phase(enum.Enum):
+    DISCONNECTED = "disconnected"
+    OPENING = "opening"  # OpenSocket issued
+    JOINING = "joining"  # join (and initial state) sent; awaiting livekit_room_info
+    QUEUED = "queued"  # queue_position seen: the room_info deadline is suspended
+    ROOM_CONNECTING = "room_connecting"  # ConnectRoom issued
+    PUBLISHING = "publishing"  # PublishTracks issued
+    CONNECTED = "connected"
+    GENERATING = "generating"
+    BACKOFF = "backoff"  # an attempt failed; the next one starts at the retry deadline
+
+
+P = Phase
+ATTEMPT_PHASES: Final = (P.OPENING, P.JOINING, P.QUEUED, P.ROOM_CONNECTING, P.PUBLISHING)
+LIVE_PHASES: Final = (P.CONNECTED, P.GENERATING)
+GIVE_UP_PHASES: Final = (*ATTEMPT_PHASES, *LIVE_PHASES, P.BACKOFF)
+ACTIVE_PHASES: Final = tuple(p for p in Phase if p is not P.DISCONNECTED)
+MODEL_PARTICIPANT_PREFIX: Final = "inference-server-"
+
+# The client table. Each row: trigger, source phases, destination (None: stay,
+# an internal transition), callbacks before the change, callbacks after it.
+# A (phase, trigger) pair missing here cannot happen: the dispatcher below
+# checks the phase first and treats anything else as misuse or peer noise.
+# fmt: off
+TRANSITIONS: Final[tuple[Row[Phase], ...]] = (
+    # trigger              sources                     dest                before                                   after
+    ("connect",            (P.DISCONNECTED,),          P.OPENING,          ("_begin_connect",),                     ()),
+    ("socket_opened",      (P.OPENING,),               P.JOINING,          ("_send_join",),                         ()),
+    ("queue_position",     (P.JOINING,),               P.QUEUED,           ("_note_queue_position",),               ()),
+    ("queue_position",     (P.QUEUED,),                None,               ("_note_queue_position",),               ()),
+    ("room_info",          (P.JOINING, P.QUEUED),      P.ROOM_CONNECTING,  ("_connect_room",),                      ()),
+    ("room_connected",     (P.ROOM_CONNECTING,),       P.PUBLISHING,       ("_publish_tracks",),                    ()),
+    ("tracks_published",   (P.PUBLISHING,),            P.CONNECTED,        ("_mark_connected",),                    ("_start_session",)),
+    ("generation_started", (P.CONNECTED,),             P.GENERATING,       (),                                      ()),
+    ("generation_ended",   (P.GENERATING,),            P.CONNECTED,        (),                                      ()),
+    ("attempt_failed",     ATTEMPT_PHASES,             P.BACKOFF,          ("_end_attempt", "_schedule_retry"),     ()),
+    ("connection_lost",    LIVE_PHASES,                P.OPENING,          ("_end_attempt", "_begin_reconnect"),    ()),
+    ("retry_due",          (P.BACKOFF,),               P.OPENING,          (),                                      ()),
+    ("give_up",            GIVE_UP_PHASES,             P.DISCONNECTED,     ("_end_attempt", "_report_fatal"),       ()),
+    ("disconnect",         ACTIVE_PHASES,              P.DISCONNECTED,     ("_end_attempt", "_end_session"),        ()),
+)
+# fmt: on
+
+# Entering a phase: OPENING starts a fresh attempt before the state is shown,
+# so the StateChanged that announces it already carries the new attempt id.
+ON_ENTER: Final[dict[Phase, tuple[str, ...]]] = {
+    P.OPENING: ("_start_attempt", "_publish_state"),
+}
+
+
+# One machine for every session: sessions are its models without being
+# registered (registration would keep every session alive forever).
+MACHINE: Final = build_machine(
+    Phase,
+    TRANSITIONS,
+    initial=P.DISCONNECTED,
+    on_enter=ON_ENTER,
+    default_on_enter=("_publish_state",),
+)
+
+_USER_STATE: Final = {
+    P.DISCONNECTED: ConnectionState.DISCONNECTED,
+    P.CONNECTED: ConnectionState.CONNECTED,
+    P.GENERATING: ConnectionState.GENERATING,
+}
+
+
+def subscribe_token(room_name: str) -> str:
+    """base64 of the JSON ``{"room_name": …}``, as public clients build it."""
+    return base64.b64encode(
+        json.dumps({"room_name": room_name}, separators=(",", ":")).encode()
+    ).decode()
+
+
+def _arg(event: EventData) -> Any:
+    """The single argument a trigger was fired with."""
+    return next(iter(event.args))
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+@attrs.frozen
+class _Failure:
+    kind: ErrorKind
+    message: str
+
+
+class ClientSession:
+    """One user session; inside it, at most one live connect attempt."""
+
+    __slots__ = (
+        "_attempt",
+        "_connect_deadline",
+        "_connect_paused",
+        "_firing",
+        "_initial",
+        "_last_attempt",
+        "_last_request",
+        "_now",
+        "_out",
+        "_passthrough_override",
+        "_reconnecting",
+        "_retries",
+        "_retry_deadline",
+        "_user_state",
+        "config",
+        "phase",
+    )
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self.phase: Phase = P.DISCONNECTED
+        self._attempt: Attempt | None = None
+        self._last_attempt = AttemptId(0)
+        self._last_request = 0
+        self._initial = InitialState()
+        self._passthrough_override: bool | None = None
+        self._reconnecting = False
+        self._retries = 0
+        self._connect_deadline: float | None = None
+        self._connect_paused: float | None = None  # budget left while queued
+        self._retry_deadline: float | None = None
+        self._user_state = ConnectionState.DISCONNECTED
+        self._now = float("-inf")
+        self._out: list[Output] = []
+        self._firing = False
+
+    # ---- public API ---------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._user_state
+
+    @property
+    def attempt(self) -> AttemptId | None:
+        """The live attempt, if any."""
+        return None if self._attempt is None else self._attempt.id
+
+    @property
+    def latest_attempt(self) -> AttemptId:
+        """The newest attempt ever started (0 before the first)."""
+        return self._last_attempt
+
+    @property
+    def replay_state(self) -> InitialState:
+        """What a reconnect sends: the initial state, updated by runtime requests."""
+        return self._initial
+
+    def handle(self, event: Input, now: float) -> list[Output]:
+        """Feed one input; returns the effects and events it caused, in order."""
+        self._advance(now)
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            raise UsageError(f"not an engine input: {type(event).__name__}")
+        attempt = getattr(event, "attempt", None)
+        if attempt is not None and (self._attempt is None or attempt != self._attempt.id):
+            if attempt > self._last_attempt:
+                raise UsageError(f"input for attempt {attempt}, which was never started")
+            return []  # a stale attempt's result: dropped, never seen by the user
+        handler(self, event)
+        return self._flush()
+
+    def get_timer(self) -> float | None:
+        """The earliest armed deadline, or None."""
+        best = self._connect_deadline
+        if self._retry_deadline is not None and (best is None or self._retry_deadline < best):
+            best = self._retry_deadline
+        attempt = self._attempt
+        if attempt is not None:
+            for when in attempt.deadlines.values():
+                if best is None or when < best:
+                    best = when
+            for pending in attempt.requests:
+                if not pending.expired and (best is None or pending.deadline < best):
+                    best = pending.deadline
+        return best
+
+    def handle_timer(self, now: float) -> list[Output]:
+        """Fire every deadline due at ``now``, earliest first."""
+        self._advance(now)
+        while (due := self._next_due(now)) is not None:
+            self._fire_deadline(*due)
+        return self._flush()
+
+    def deadlines(self) -> dict[str, float]:
+        """Every armed deadline by name (for tests, tracing and the checker)."""
+        armed: dict[str, float] = {}
+        if self._connect_deadline is not None:
+            armed["connect"] = self._connect_deadline
+        if self._retry_deadline is not None:
+            armed["retry"] = self._retry_deadline
+        if self._attempt is not None:
+            for kind, when in self._attempt.deadlines.items():
+                armed[kind.name.lower()] = when
+            for pending in self._attempt.live_requests():
+                armed[f"request:{pending.request}"] = pending.deadline
+        return armed
+
+    @property
+    def ack_watch(self) -> AckWatch:
+        return AckWatch.NONE if self._attempt is None else self._attempt.watch
+
+    # ---- plumbing -------------------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        if now < self._now:
+            raise UsageError(f"time went backwards: {now} < {self._now}")
+        if self._firing:
+            raise UsageError("the engine is not re-entrant")
+        self._now = now
+
+    def _flush(self) -> list[Output]:
+        out, self._out = self._out, []
+        return out
+
+    def _fire(self, trigger: str, *args: Any) -> None:
+        self._firing = True
+        try:
+            MACHINE.events[trigger].trigger(self, *args)
+        finally:
+            self._firing = False
+
+    def _emit(self, output: Output) -> None:
+        self._out.append(output)
+
+    def _phase(self) -> Phase:
+        return self.phase  # read afresh: a trigger may just have changed it
+
+    def _live(self) -> Attempt:
+        assert self._attempt is not None, "engine bug: no live attempt"
+        return self._attempt
+
+    def _fail(self, kind: ErrorKind, message: str, *, permanent: bool = False) -> None:
+        """The live attempt failed: reconnect, retry or give up, per policy."""
+        failure = _Failure(kind, message)
+        if permanent:
+            self._fire("give_up", failure)
+        elif self.phase in LIVE_PHASES:
+            self._fire("connection_lost", failure)
+        elif self._retries >= self.config.retry.max_retries:
+            retries = self.config.retry.max_retries
+            self._fire("give_up", _Failure(kind, f"{message} (gave up after {retries} retries)"))
+        else:
+            self._fire("attempt_failed", failure)
+
+    def _is_permanent(self, text: str) -> bool:
+        return self.config.retry.is_permanent(text)
+
+    def _unexpected(self, what: str) -> None:
+        self._emit(ErrorOccurred(self._last_attempt, ErrorKind.UNEXPECTED_FRAME, what, fatal=False))
+
+    # ---- transition callbacks (bound by name in TRANSITIONS) ---------------------------
+
+    def _publish_state(self, _event: EventData) -> None:
+        state = _USER_STATE.get(self.phase)
+        if state is None:
+            state = (
+                ConnectionState.RECONNECTING if self._reconnecting else ConnectionState.CONNECTING
+            )
+        if state is not self._user_state:
+            self._emit(StateChanged(self._last_attempt, state, self._user_state))
+            self._user_state = state
+
+    def _begin_connect(self, event: EventData) -> None:
+        command: Connect = _arg(event)
+        self._initial = command.initial
+        self._passthrough_override = command.passthrough
+        self._retries = 0
+        self._reconnecting = False
+        self._connect_deadline = self._now + self.config.timeouts.connect
+
+    def _begin_reconnect(self, _event: EventData) -> None:
+        self._retries = 0
+        self._reconnecting = True
+        self._connect_deadline = self._now + self.config.timeouts.connect
+
+    def _start_attempt(self, _event: EventData) -> None:
+        self._retry_deadline = None
+        self._last_attempt = AttemptId(self._last_attempt + 1)
+        override = self._passthrough_override
+        passthrough = (not self._initial.has_reference) if override is None else override
+        attempt = Attempt(
+            id=self._last_attempt,
+            passthrough=passthrough,
+            initial_frame=None if passthrough else self._initial.frame(),
+        )
+        self._attempt = attempt
+        attempt.deadlines[Deadline.SOCKET_OPEN] = self._now + self.config.timeouts.socket_open
+        self._emit(
+            OpenSocket(attempt.id, self.config.socket_url(), self.config.redacted_socket_url())
+        )
+
+    def _send_join(self, _event: EventData) -> None:
+        attempt = self._live()
+        attempt.socket_open = True
+        del attempt.deadlines[Deadline.SOCKET_OPEN]
+        join = LiveKitJoin(
+            passthrough=attempt.passthrough, client_capabilities=self.config.client_capabilities
+        )
+        attempt.join_send = attempt.new_send()
+        self._emit(SendFrame(attempt.id, attempt.join_send, FramePurpose.JOIN, encode(join)))
+        if attempt.initial_frame is not None:
+            # Right behind the join, without waiting for anything (rule 1).
+            attempt.initial_send = attempt.new_send()
+            attempt.watch = AckWatch.AWAITING
+            frame = encode(attempt.initial_frame)
+            self._emit(
+                SendFrame(attempt.id, attempt.initial_send, FramePurpose.INITIAL_STATE, frame)
+            )
+        attempt.deadlines[Deadline.ROOM_INFO] = self._now + self.config.timeouts.room_info
+
+    def _note_queue_position(self, event: EventData) -> None:
+        message: QueuePosition = _arg(event)
+        attempt = self._live()
+        timeouts = self.config.timeouts
+        attempt.deadlines.pop(Deadline.ROOM_INFO, None)  # a queued user may wait minutes
+        if timeouts.queue_silence is not None:
+            attempt.deadlines[Deadline.QUEUE_SILENCE] = self._now + timeouts.queue_silence
+        if not attempt.queued:
+            attempt.queued = True
+            if timeouts.max_queue_wait is not None:
+                attempt.deadlines[Deadline.MAX_QUEUE_WAIT] = self._now + timeouts.max_queue_wait
+            self._pause_connect_deadline()
+        self._emit(QueuePositionChanged(attempt.id, message.position, message.queue_size))
+
+    def _connect_room(self, event: EventData) -> None:
+        info: LiveKitRoomInfo = _arg(event)
+        attempt = self._live()
+        attempt.room_info = info
+        attempt.deadlines.pop(Deadline.ROOM_INFO, None)
+        attempt.deadlines.pop(Deadline.QUEUE_SILENCE, None)
+        attempt.deadlines.pop(Deadline.MAX_QUEUE_WAIT, None)
+        self._resume_connect_deadline()
+        attempt.room_requested = True
+        attempt.deadlines[Deadline.MEDIA] = self._now + self.config.timeouts.media
+        self._emit(ConnectRoom(attempt.id, info.livekit_url, info.token))
+        # The ack watch starts only now, never during a queue wait (rule 4).
+        if attempt.watch is AckWatch.AWAITING:
+            attempt.watch = AckWatch.WATCHING
+            attempt.deadlines[Deadline.INITIAL_STATE_ACK] = (
+                self._now + self.config.timeouts.initial_state_ack
+            )
+        elif attempt.watch is AckWatch.BUFFERED:
+            ack = attempt.buffered_ack
+            attempt.buffered_ack = None
+            assert ack is not None
+            self._settle_initial(attempt, ack)
+
+    def _publish_tracks(self, _event: EventData) -> None:
+        self._emit(PublishTracks(self._live().id))
+
+    def _mark_connected(self, _event: EventData) -> None:
+        attempt = self._live()
+        attempt.deadlines.pop(Deadline.MEDIA, None)
+        self._connect_deadline = None
+        self._retries = 0
+        self._reconnecting = False
+
+    def _start_session(self, _event: EventData) -> None:
+        attempt = self._live()
+        info = attempt.room_info
+        assert info is not None
+        self._emit(
+            SessionStarted(
+                attempt.id, info.session_id, info.room_name, subscribe_token(info.room_name)
+            )
+        )
+
+    def _end_attempt(self, event: EventData) -> None:
+        attempt = self._attempt
+        if attempt is None:
+            return
+        self._attempt = None  # with it go its deadlines, buffered ack and requests
+        self._resume_connect_deadline()  # a retry after a queue wait is bounded again
+        user_quit = event.event is not None and event.event.name == "disconnect"
+        if user_quit:
+            self._emit(CloseSocket(attempt.id, 1000, "client disconnect"))
+        else:
+            self._emit(CloseSocket(attempt.id, 1001, "attempt ended"))
+        if attempt.room_requested:
+            self._emit(DisconnectRoom(attempt.id))
+        kind = ErrorKind.DISCONNECTED if user_quit else ErrorKind.CONNECTION_LOST
+        for pending in attempt.live_requests():
+            self._emit(
+                RequestFailed(attempt.id, pending.request, kind, f"request abandoned: {kind.value}")
+            )
+
+    def _schedule_retry(self, event: EventData) -> None:
+        failure: _Failure = _arg(event)
+        self._retries += 1
+        delay = self.config.retry.delay(self._retries)
+        self._retry_deadline = self._now + delay
+        self._emit(
+            RetryScheduled(self._last_attempt, self._retries, delay, failure.kind, failure.message)
+        )
+
+    def _report_fatal(self, event: EventData) -> None:
+        failure: _Failure = _arg(event)
+        self._connect_deadline = None
+        self._connect_paused = None
+        self._retry_deadline = None
+        self._emit(ErrorOccurred(self._last_attempt, failure.kind, failure.message, fatal=True))
+
+    def _pause_connect_deadline(self) -> None:
+        if self._connect_deadline is not None:
+            self._connect_paused = self._connect_deadline - self._now
+            self._connect_deadline = None
+
+    def _resume_connect_deadline(self) -> None:
+        if self._connect_paused is not None:
+            self._connect_deadline = self._now + self._connect_paused
+            self._connect_paused = None
+
+    def _end_session(self, _event: EventData) -> None:
+        self._connect_deadline = None
+        self._retry_deadline = None
+        self._reconnecting = False
+
+    # ---- the initial-state ack, out of band -----------------------------------------
+
+    def _settle_initial(self, attempt: Attempt, ack: SetImageAck | PromptAck) -> None:
+        attempt.watch = AckWatch.SETTLED
+        attempt.deadlines.pop(Deadline.INITIAL_STATE_ACK, None)
+        if ack.success:
+            self._emit(InitialStateAcked(attempt.id))
+        else:
+            reason = ack.error if isinstance(ack.error, str) else "no reason given"
+            self._emit(
+                ErrorOccurred(
+                    attempt.id,
+                    ErrorKind.INITIAL_STATE_REJECTED,
+                    f"the server rejected the initial state: {_clip(reason)}",
+                    fatal=False,
+                )
+            )
+
+    def _on_ack(self, ack: SetImageAck | PromptAck) -> None:
+        attempt = self._live()
+        if attempt.ack_is_initial(ack):
+            if attempt.watch is AckWatch.EXPIRED:
+                attempt.watch = AckWatch.SETTLED  # the late ack of a timed-out initial state
+                return
+            if attempt.watch is AckWatch.AWAITING:
+                # Early: buffered for this attempt, claimed once at room_info.
+                attempt.watch = AckWatch.BUFFERED
+                attempt.buffered_ack = ack
+            else:
+                self._settle_initial(attempt, ack)
+            return
+        pending = attempt.take_request(ack)
+        if pending is None:
+            self._unexpected(f"{ack.type} matches no pending request")
+        elif pending.expired:
+            pass  # the late ack of a request that already timed out
+        elif ack.success:
+            self._emit(RequestAcked(attempt.id, pending.request))
+        else:
+            reason = ack.error if isinstance(ack.error, str) else "no reason given"
+            self._emit(
+                RequestFailed(
+                    attempt.id, pending.request, ErrorKind.REQUEST_REJECTED, _clip(reason)
+                )
+            )
+
+    # ---- deadlines ---------------------------------------------------------------------
+
+    def _next_due(self, now: float) -> tuple[Deadline, RequestId | None] | None:
+        best: tuple[float, Deadline, RequestId | None] | None = None
+        candidates: list[tuple[float, Deadline, RequestId | None]] = []
+        if self._connect_deadline is not None:
+            candidates.append((self._connect_deadline, Deadline.CONNECT, None))
+        if self._retry_deadline is not None:
+            candidates.append((self._retry_deadline, Deadline.RETRY, None))
+        attempt = self._attempt
+        if attempt is not None:
+            candidates.extend((when, kind, None) for kind, when in attempt.deadlines.items())
+            candidates.extend(
+                (p.deadline, Deadline.REQUEST, p.request) for p in attempt.requests if not p.expired
+            )
+        for candidate in candidates:
+            if candidate[0] <= now and (best is None or candidate[:2] < best[:2]):
+                best = candidate
+        return None if best is None else (best[1], best[2])
+
+    def _fire_deadline(self, kind: Deadline, request: RequestId | None) -> None:
+        timeouts = self.config.timeouts
+        if kind is Deadline.CONNECT:
+            self._connect_deadline = None
+            failure = _Failure(
+                ErrorKind.CONNECT_TIMEOUT, f"not connected within {timeouts.connect:g} s"
+            )
+            self._fire("give_up", failure)
+        elif kind is Deadline.RETRY:
+            self._fire("retry_due")
+        elif kind is Deadline.REQUEST:
+            attempt = self._live()
+            for pending in attempt.requests:
+                if pending.request == request and not pending.expired:
+                    pending.expired = True
+                    attempt.drop_excess_tombstones()
+                    message = f"no ack within {timeouts.request_ack:g} s"
+                    self._emit(
+                        RequestFailed(
+                            attempt.id, pending.request, ErrorKind.REQUEST_TIMEOUT, message
+                        )
+                    )
+                    break
+        else:
+            attempt = self._live()
+            del attempt.deadlines[kind]
+            if kind is Deadline.INITIAL_STATE_ACK:
+                attempt.watch = AckWatch.EXPIRED
+                message = f"no initial-state ack within {timeouts.initial_state_ack:g} s"
+                self._emit(
+                    ErrorOccurred(attempt.id, ErrorKind.INITIAL_STATE_TIMEOUT, message, fatal=False)
+                )
+            elif kind is Deadline.SOCKET_OPEN:
+                self._fail(
+                    ErrorKind.SOCKET_OPEN_TIMEOUT,
+                    f"socket not open within {timeouts.socket_open:g} s",
+                )
+            elif kind is Deadline.ROOM_INFO:
+                self._fail(
+                    ErrorKind.ROOM_INFO_TIMEOUT,
+                    f"no livekit_room_info within {timeouts.room_info:g} s",
+                )
+            elif kind is Deadline.QUEUE_SILENCE:
+                message = f"queued, but the server said nothing for {timeouts.queue_silence:g} s"
+                self._fail(ErrorKind.ROOM_INFO_TIMEOUT, message)
+            elif kind is Deadline.MAX_QUEUE_WAIT:
+                # The user's own bound on queueing: retrying would queue again.
+                message = f"still queued after {timeouts.max_queue_wait:g} s"
+                self._fail(ErrorKind.QUEUE_TIMEOUT, message, permanent=True)
+            elif kind is Deadline.MEDIA:
+                self._fail(
+                    ErrorKind.MEDIA_TIMEOUT,
+                    f"room not joined and published within {timeouts.media:g} s",
+                )
+
+    # ---- input handlers ------------------------------------------------------------------
+
+    def _on_connect(self, command: Connect) -> None:
+        if self.phase is not P.DISCONNECTED:
+            raise UsageError(f"connect while {self._user_state.value}: disconnect first")
+        if command.passthrough is False and not command.initial.has_reference:
+            raise UsageError("passthrough=False needs an initial image or prompt to send")
+        self._fire("connect", command)
+
+    def _on_disconnect(self, _command: Disconnect) -> None:
+        if self.phase is not P.DISCONNECTED:
+            self._fire("disconnect")
+
+    def _require_live(self, what: str) -> Attempt:
+        if self.phase not in LIVE_PHASES:
+            raise NotConnectedError(
+                f"{what} needs a connected session; the session is {self._user_state.value}"
+            )
+        return self._live()
+
+    def _next_request(self, request: RequestId) -> None:
+        if request <= self._last_request:
+            raise UsageError(f"request ids must increase: {request} after {self._last_request}")
+        self._last_request = request
+
+    def _send_request(
+        self, attempt: Attempt, request: RequestId, message: Prompt | SetImage
+    ) -> None:
+        send = attempt.new_send()
+        attempt.request_sends[send] = request
+        deadline = self._now + self.config.timeouts.request_ack
+        prompt = message.prompt if isinstance(message, Prompt) else None
+        attempt.requests.append(PendingRequest(request, message.type, prompt, deadline))
+        self._emit(SendFrame(attempt.id, send, FramePurpose.REQUEST, encode(message)))
+
+    def _on_change_prompt(self, command: ChangePrompt) -> None:
+        attempt = self._require_live("set_prompt")
+        self._next_request(command.request)
+        self._initial = attrs.evolve(
+            self._initial, prompt=command.prompt, enhance_prompt=command.enhance_prompt
+        )
+        self._send_request(attempt, command.request, Prompt(command.prompt, command.enhance_prompt))
+
+    def _on_change_image(self, command: ChangeImage) -> None:
+        attempt = self._require_live("set_image")
+        self._next_request(command.request)
+        changes: dict[str, Any] = {"image_data": command.image_data, "image_ref": command.image_ref}
+        if command.prompt is not None:
+            changes["prompt"] = command.prompt
+        if command.enhance_prompt is not None:
+            changes["enhance_prompt"] = command.enhance_prompt
+        self._initial = attrs.evolve(self._initial, **changes)
+        message = InitialState(
+            image_data=command.image_data,
+            image_ref=command.image_ref,
+            prompt=command.prompt,
+            enhance_prompt=command.enhance_prompt,
+        ).frame()
+        assert isinstance(message, SetImage)
+        self._send_request(attempt, command.request, message)
+
+    def _on_socket_opened(self, _result: SocketOpened) -> None:
+        if self.phase is not P.OPENING:
+            raise UsageError("SocketOpened reported twice")
+        self._fire("socket_opened")
+
+    def _on_socket_open_failed(self, result: SocketOpenFailed) -> None:
+        if self._live().socket_open:
+            raise UsageError("SocketOpenFailed after SocketOpened")
+        self._fail(
+            ErrorKind.SOCKET_OPEN_FAILED,
+            f"socket open failed: {_clip(result.reason)}",
+            permanent=self._is_permanent(result.reason),
+        )
+
+    def _on_socket_closed(self, result: SocketClosed) -> None:
+        self._fail(
+            ErrorKind.SOCKET_CLOSED,
+            f"socket closed (code {result.code}): {_clip(result.reason) or 'no reason'}",
+            permanent=self._is_permanent(result.reason),
+        )
+
+    def _on_send_failed(self, result: SendFailed) -> None:
+        attempt = self._live()
+        if result.send in (attempt.join_send, attempt.initial_send):
+            # Without its join or initial state the server would wait forever:
+            # this attempt must not go on to connect (seed review finding 1).
+            what = "join" if result.send == attempt.join_send else "initial-state frame"
+            self._fail(ErrorKind.SEND_FAILED, f"could not send the {what}: {_clip(result.reason)}")
+            return
+        request = attempt.request_sends.get(result.send)
+        if request is None:
+            raise UsageError(f"SendFailed for send {result.send}, which was never issued")
+        for index, pending in enumerate(attempt.requests):
+            if pending.request == request:
+                del attempt.requests[index]
+                if not pending.expired:
+                    message = f"could not send: {_clip(result.reason)}"
+                    self._emit(RequestFailed(attempt.id, request, ErrorKind.SEND_FAILED, message))
+                break
+
+    def _on_frame(self, result: FrameReceived) -> None:
+        attempt = self._live()
+        if not attempt.socket_open:
+            raise UsageError("FrameReceived before SocketOpened")
+        message = parse_server_frame(result.frame, self.config.max_frame_bytes)
+        if isinstance(message, FrameProblem):
+            text = f"dropped a malformed frame: {message.detail}"
+            self._emit(ErrorOccurred(attempt.id, ErrorKind.MALFORMED_FRAME, text, fatal=False))
+        elif not isinstance(message, IgnoredFrame):
+            handler = _MESSAGE_HANDLERS.get(type(message))
+            if handler is not None:
+                handler(self, message)
+
+    def _on_queue_position(self, message: QueuePosition) -> None:
+        if self.phase in (P.JOINING, P.QUEUED):
+            self._fire("queue_position", message)
+        else:
+            self._unexpected(f"queue_position while {self.phase.value}")
+
+    def _on_room_info(self, message: LiveKitRoomInfo) -> None:
+        if self.phase in (P.JOINING, P.QUEUED):
+            self._fire("room_info", message)
+        else:
+            self._unexpected(f"livekit_room_info while {self.phase.value}")
+
+    def _on_server_error(self, message: Error) -> None:
+        attempt = self._live()
+        text = f"server error: {_clip(message.error)}"
+        permanent = self._is_permanent(message.error)
+        if self.phase not in LIVE_PHASES or permanent:
+            self._fail(ErrorKind.SERVER_ERROR, text, permanent=permanent)
+            return
+        # Connected: one error event; the waits it fails end without another.
+        # They stay as tombstones, so that acks still on their way are absorbed
+        # rather than reported as unexpected or taken for newer requests.
+        self._emit(ErrorOccurred(attempt.id, ErrorKind.SERVER_ERROR, text, fatal=False))
+        if attempt.watch in (AckWatch.WATCHING, AckWatch.AWAITING):
+            attempt.watch = AckWatch.EXPIRED
+        elif attempt.watch is AckWatch.BUFFERED:
+            attempt.watch = AckWatch.SETTLED
+        attempt.deadlines.pop(Deadline.INITIAL_STATE_ACK, None)
+        for pending in attempt.live_requests():
+            pending.expired = True
+            self._emit(RequestFailed(attempt.id, pending.request, ErrorKind.SERVER_ERROR, text))
+        attempt.drop_excess_tombstones()
+
+    def _on_generation_started(self, _message: GenerationStarted) -> None:
+        attempt = self._live()
+        if self.phase is P.CONNECTED:
+            self._fire("generation_started")
+        elif attempt.room_info is not None and self.phase is not P.GENERATING:
+            attempt.generation_seen = True  # shown as generating once connected
+        elif attempt.room_info is None:
+            self._unexpected("generation_started before livekit_room_info")
+
+    def _on_generation_tick(self, message: GenerationTick) -> None:
+        attempt = self._live()
+        if attempt.room_info is None:
+            self._unexpected("generation_tick before livekit_room_info")
+            return
+        if self.phase is P.CONNECTED:
+            self._fire("generation_started")
+        elif self.phase is not P.GENERATING:
+            attempt.generation_seen = True
+        self._emit(GenerationTicked(attempt.id, message.seconds))
+
+    def _on_generation_ended(self, message: GenerationEnded) -> None:
+        attempt = self._live()
+        if attempt.room_info is None:
+            self._unexpected("generation_ended before livekit_room_info")
+            return
+        attempt.generation_seen = False
+        if self.phase is P.GENERATING:
+            self._fire("generation_ended")
+        self._emit(GenerationStopped(attempt.id, message.seconds, _clip(message.reason)))
+
+    def _require_room(self, what: str) -> Attempt:
+        attempt = self._live()
+        if not attempt.room_requested:
+            raise UsageError(f"{what} reported, but no ConnectRoom was issued")
+        return attempt
+
+    def _on_room_connected(self, _result: RoomConnected) -> None:
+        self._require_room("RoomConnected")
+        if self.phase is not P.ROOM_CONNECTING:
+            raise UsageError("RoomConnected reported twice")
+        self._fire("room_connected")
+
+    def _on_room_connect_failed(self, result: RoomConnectFailed) -> None:
+        self._require_room("RoomConnectFailed")
+        if self.phase is not P.ROOM_CONNECTING:
+            raise UsageError("RoomConnectFailed after RoomConnected")
+        self._fail(
+            ErrorKind.MEDIA_FAILED,
+            f"room connect failed: {_clip(result.reason)}",
+            permanent=self._is_permanent(result.reason),
+        )
+
+    def _on_tracks_published(self, _result: TracksPublished) -> None:
+        self._require_room("TracksPublished")
+        if self.phase is not P.PUBLISHING:
+            raise UsageError("TracksPublished without PublishTracks")
+        self._fire("tracks_published")
+        attempt = self._attempt
+        if attempt is not None and attempt.generation_seen and self._phase() is P.CONNECTED:
+            self._fire("generation_started")
+
+    def _on_publish_failed(self, result: PublishFailed) -> None:
+        self._require_room("PublishFailed")
+        if self.phase is not P.PUBLISHING:
+            raise UsageError("PublishFailed without PublishTracks")
+        self._fail(ErrorKind.MEDIA_FAILED, f"publish failed: {_clip(result.reason)}")
+
+    def _on_remote_track(self, result: RemoteTrackReceived) -> None:
+        attempt = self._require_room("RemoteTrackReceived")
+        if result.participant.startswith(MODEL_PARTICIPANT_PREFIX):
+            self._emit(RemoteStream(attempt.id, result.participant, result.track_sid, result.kind))
+
+    def _on_room_disconnected(self, result: RoomDisconnected) -> None:
+        self._require_room("RoomDisconnected")
+        self._fail(ErrorKind.ROOM_LOST, f"room disconnected: {_clip(result.reason)}")
+
+
+_HANDLERS: Final[dict[type, Callable[[ClientSession, Any], None]]] = {
+    Connect: ClientSession._on_connect,
+    Disconnect: ClientSession._on_disconnect,
+    ChangePrompt: ClientSession._on_change_prompt,
+    ChangeImage: ClientSession._on_change_image,
+    SocketOpened: ClientSession._on_socket_opened,
+    SocketOpenFailed: ClientSession._on_socket_open_failed,
+    SocketClosed: ClientSession._on_socket_closed,
+    SendFailed: ClientSession._on_send_failed,
+    FrameReceived: ClientSession._on_frame,
+    RoomConnected: ClientSession._on_room_connected,
+    RoomConnectFailed: ClientSession._on_room_connect_failed,
+    TracksPublished: ClientSession._on_tracks_published,
+    PublishFailed: ClientSession._on_publish_failed,
+    RemoteTrackReceived: ClientSession._on_remote_track,
+    RoomDisconnected: ClientSession._on_room_disconnected,
+}
+
+_MESSAGE_HANDLERS: Final[dict[type[ServerMessage], Callable[[ClientSession, Any], None]]] = {
+    QueuePosition: ClientSession._on_queue_position,
+    LiveKitRoomInfo: ClientSession._on_room_info,
+    SetImageAck: ClientSession._on_ack,
+    PromptAck: ClientSession._on_ack,
+    Error: ClientSession._on_server_error,
+    GenerationStarted: ClientSession._on_generation_started,
+    GenerationTick: ClientSession._on_generation_tick,
+    GenerationEnded: ClientSession._on_generation_ended,
+}

@@ -1,0 +1,1 @@
+"""The server role: one signaling connection, the shared admission queue, the request pipeline."""

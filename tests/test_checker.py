@@ -42,7 +42,8 @@ from leanjoin.engine.check.moves import (
 from leanjoin.engine.check.report import counterexample
 from leanjoin.engine.check.trace import replay
 from leanjoin.engine.client import session as client_module
-from leanjoin.engine.client.attempt import AckWatch, Attempt, Deadline
+from leanjoin.engine.client.ack_watch import AckWatch
+from leanjoin.engine.client.attempt import Deadline
 from leanjoin.engine.client.config import SessionConfig
 from leanjoin.engine.client.inputs import Input, SendFailed, TracksPublished
 from leanjoin.engine.client.outputs import ErrorKind, ErrorOccurred, Output
@@ -162,15 +163,13 @@ class SessionLevelAckDeadline(ClientSession):
         super().__init__(config)
         self._ack_deadline: float | None = None
 
-    def _connect_room(self, event: EventData) -> None:
-        super()._connect_room(event)
-        attempt = self._live()
-        if Deadline.INITIAL_STATE_ACK in attempt.deadlines:
-            self._ack_deadline = attempt.deadlines.pop(Deadline.INITIAL_STATE_ACK)
-
-    def _settle_initial(self, attempt: Attempt, ack: SetImageAck | PromptAck) -> None:
-        super()._settle_initial(attempt, ack)
-        self._ack_deadline = None
+    def _watch(self, trigger: str, ack: SetImageAck | PromptAck | None = None) -> None:
+        super()._watch(trigger, ack)
+        watch = self._live().ack_watch
+        if watch.deadline is not None:  # just armed: kept here instead
+            self._ack_deadline, watch.deadline = watch.deadline, None
+        elif watch.phase is not AckWatch.WATCHING:
+            self._ack_deadline = None
 
     def get_timer(self) -> float | None:
         best, mine = super().get_timer(), self._ack_deadline
@@ -207,15 +206,15 @@ class BufferedAckCarriedOver(ClientSession):
 
     def _end_attempt(self, event: EventData) -> None:
         attempt = self._attempt
-        if attempt is not None and attempt.watch is AckWatch.BUFFERED:
-            self._carried = attempt.buffered_ack
+        if attempt is not None and attempt.ack_watch.phase is AckWatch.BUFFERED:
+            self._carried = attempt.ack_watch.buffered
         super()._end_attempt(event)
 
     def _send_join(self, event: EventData) -> None:
         super()._send_join(event)
-        attempt = self._live()
-        if self._carried is not None and attempt.watch is AckWatch.AWAITING:
-            attempt.watch, attempt.buffered_ack = AckWatch.BUFFERED, self._carried
+        watch = self._live().ack_watch
+        if self._carried is not None and watch.phase is AckWatch.AWAITING:
+            watch.phase, watch.buffered = AckWatch.BUFFERED, self._carried
             self._carried = None
 
 
@@ -234,11 +233,10 @@ def ack_deadline_armed_at_join(mp: pytest.MonkeyPatch) -> None:
 
     def send_join(self: ClientSession, event: EventData) -> None:
         original(self, event)
-        attempt = self._live()
-        if attempt.watch is AckWatch.AWAITING:
-            attempt.watch = AckWatch.WATCHING
-            timeout = self.config.timeouts.initial_state_ack
-            attempt.deadlines[Deadline.INITIAL_STATE_ACK] = self._now + timeout
+        watch = self._live().ack_watch
+        if watch.phase is AckWatch.AWAITING:
+            watch.phase = AckWatch.WATCHING
+            watch.deadline = self._now + self.config.timeouts.initial_state_ack
 
     mp.setattr(ClientSession, "_send_join", send_join)
 
@@ -289,7 +287,10 @@ def connected_waits_for_the_ack(mp: pytest.MonkeyPatch) -> None:
 
     def on_tracks_published(self: ClientSession, result: TracksPublished) -> None:
         attempt = self._attempt
-        if attempt is not None and attempt.watch in (AckWatch.AWAITING, AckWatch.WATCHING):
+        if attempt is not None and attempt.ack_watch.phase in (
+            AckWatch.AWAITING,
+            AckWatch.WATCHING,
+        ):
             return  # waits for the initial-state ack before showing connected
         original(self, result)
 

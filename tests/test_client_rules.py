@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 from engine_script import QUEUE_CONFIG, ROOM_INFO, Script, frame, of_type
 
-from leanjoin.engine.client.attempt import AckWatch
+from leanjoin.engine.client.ack_watch import AckWatch
 from leanjoin.engine.client.config import InitialState
 from leanjoin.engine.client.inputs import (
     AttemptId,

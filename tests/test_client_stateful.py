@@ -22,7 +22,7 @@ from hypothesis.stateful import (
 )
 
 from leanjoin.engine.check.invariants import InvariantMonitor
-from leanjoin.engine.client.attempt import AckWatch
+from leanjoin.engine.client.ack_watch import AckWatch
 from leanjoin.engine.client.config import InitialState, RetryPolicy, SessionConfig, Timeouts
 from leanjoin.engine.client.inputs import (
     AttemptId,

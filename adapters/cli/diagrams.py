@@ -1,7 +1,8 @@
 """State diagrams generated from the engines' transition tables.
 
 The engines stay free of ``transitions``' Graph extension (engine rule 3): this
-module rebuilds each table on a ``GraphMachine`` and asks it for Mermaid and
+module rebuilds each table (the client session's, the client's initial-state
+ack watch, the server session's) on a ``GraphMachine`` and asks it for Mermaid and
 Graphviz DOT text, plus SVG where a ``dot`` binary is installed. ``diagrams/``
 is only ever written by :func:`write`; :func:`stale` tells whether it is current.
 """
@@ -13,35 +14,39 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Final, Literal
 
 import click
 from transitions.extensions import GraphMachine
 
-from leanjoin.engine.client import session as client
+from leanjoin.engine.client import ack_watch, session
 from leanjoin.engine.server import session as server
+from leanjoin.engine.table import Row
 
-ENGINES: Final[dict[str, ModuleType]] = {"client": client, "server": server}
+# Each drawn table: its rows and the diagram's title.
+TABLES: Final[dict[str, tuple[tuple[Row[Any], ...], str]]] = {
+    "client": (session.TRANSITIONS, "leanjoin client engine"),
+    "ack_watch": (ack_watch.ACK_WATCH_TRANSITIONS, "leanjoin client: initial-state ack watch"),
+    "server": (server.TRANSITIONS, "leanjoin server engine"),
+}
 # Relative to where the command runs (the repository root), like any output path.
 DEFAULT_DIR: Final = Path("diagrams")
 
 
-def _phases(module: ModuleType) -> type[enum.Enum]:
-    phase_type: type[enum.Enum] = type(module.TRANSITIONS[0][1][0])
+def _phases(name: str) -> type[enum.Enum]:
+    phase_type: type[enum.Enum] = type(TABLES[name][0][0][1][0])
     return phase_type
 
 
 def table_size(name: str) -> tuple[int, int]:
-    """(states, edges) of an engine's table, one edge per (source, trigger)."""
-    module = ENGINES[name]
-    edges = sum(len(sources) for _trigger, sources, _dest, *_ in module.TRANSITIONS)
-    return len(_phases(module)), edges
+    """(states, edges) of a table, one edge per (source, trigger)."""
+    edges = sum(len(sources) for _trigger, sources, _dest, *_ in TABLES[name][0])
+    return len(_phases(name)), edges
 
 
 def _graph(name: str, engine: Literal["graphviz", "mermaid"]) -> Any:
-    module = ENGINES[name]
-    phases = _phases(module)
+    table, title = TABLES[name]
+    phases = _phases(name)
 
     class Model:
         pass
@@ -54,9 +59,9 @@ def _graph(name: str, engine: Literal["graphviz", "mermaid"]) -> Any:
         initial=next(iter(phases)).value,
         auto_transitions=False,
         graph_engine=engine,
-        title=f"leanjoin {name} engine",
+        title=title,
     )
-    for trigger, sources, dest, *_callbacks in module.TRANSITIONS:
+    for trigger, sources, dest, *_callbacks in table:
         target = None if dest is None else dest.value
         machine.add_transition(trigger, [s.value for s in sources], target)
     return model.get_graph()  # type: ignore[attr-defined]
@@ -78,12 +83,12 @@ def render_all() -> dict[str, str]:
         "never edit by hand. `leanjoin diagrams --check` fails when they are stale.",
         "",
     ]
-    for name in ENGINES:
+    for name, (_table, title) in TABLES.items():
         rendered = render(name)
         files.update(rendered)
         states, edges = table_size(name)
         readme += [
-            f"## {name} engine ({states} states, {edges} edges)",
+            f"## {title.removeprefix('leanjoin ')} ({states} states, {edges} edges)",
             "",
             "```mermaid",
             rendered[f"{name}.mmd"].rstrip(),
@@ -103,7 +108,7 @@ def write(directory: Path = DEFAULT_DIR) -> list[Path]:
         written.append(path)
     dot = shutil.which("dot")
     if dot is not None:  # SVG only where Graphviz itself is installed
-        for name in ENGINES:
+        for name in TABLES:
             svg = directory / f"{name}.svg"
             subprocess.run(
                 [dot, "-Tsvg", str(directory / f"{name}.dot"), "-o", str(svg)], check=True

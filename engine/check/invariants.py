@@ -15,7 +15,7 @@ from typing import Final
 
 import attrs
 
-from ..client.attempt import AckWatch
+from ..client.ack_watch import AckWatch
 from ..client.inputs import (
     Disconnect,
     FrameReceived,
@@ -290,7 +290,11 @@ class InvariantMonitor:
             raise InvariantViolation(
                 "ack_timer_never_armed_before_room_info", "ack deadline armed without room_info"
             )
-        if attempt is not None and attempt.room_info is None and attempt.watch is AckWatch.WATCHING:
+        if (
+            attempt is not None
+            and attempt.room_info is None
+            and attempt.ack_watch.phase is AckWatch.WATCHING
+        ):
             raise InvariantViolation(
                 "ack_timer_never_armed_before_room_info", "ack watch running before room_info"
             )

@@ -16,7 +16,7 @@ from typing import Final
 
 import attrs
 
-from ..client.attempt import AckWatch
+from ..client.ack_watch import AckWatch
 from ..client.inputs import (
     ChangePrompt,
     Connect,

@@ -2,7 +2,8 @@
 
 Everything that belongs to one connect attempt lives in one :class:`Attempt`
 record, which the session drops when the attempt ends: its deadlines, its
-buffered initial-state ack and its pending requests cannot outlive it.
+initial-state ack watch (with any ack it buffered) and its pending requests
+cannot outlive it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import enum
 import attrs
 
 from ..messages import LiveKitRoomInfo, Prompt, PromptAck, SetImage, SetImageAck
+from .ack_watch import InitialStateWatch
 from .inputs import AttemptId, RequestId, SendId
 
 
@@ -27,17 +29,6 @@ class Deadline(enum.IntEnum):
     INITIAL_STATE_ACK = 6
     REQUEST = 7
     RETRY = 8
-
-
-class AckWatch(enum.Enum):
-    """The out-of-band watch on the initial-state ack."""
-
-    NONE = "none"  # passthrough: no initial-state frame was sent
-    AWAITING = "awaiting"  # frame sent, room_info not yet here: no deadline runs
-    BUFFERED = "buffered"  # the ack came before room_info; claimed when it arrives
-    WATCHING = "watching"  # room_info came: the ack deadline runs
-    EXPIRED = "expired"  # timed out: its late ack is absorbed, never taken for a request's
-    SETTLED = "settled"  # acked, rejected, absorbed late, or failed by a server error
 
 
 @attrs.define(slots=True)
@@ -59,7 +50,7 @@ MAX_TOMBSTONES = 64
 class Attempt:
     id: AttemptId
     passthrough: bool
-    initial_frame: SetImage | Prompt | None
+    ack_watch: InitialStateWatch  # knows the initial-state frame, if one is sent
     next_send: int = 0
     socket_open: bool = False
     room_requested: bool = False
@@ -67,9 +58,8 @@ class Attempt:
     queued: bool = False
     join_send: SendId | None = None
     initial_send: SendId | None = None
-    watch: AckWatch = AckWatch.NONE
-    buffered_ack: SetImageAck | PromptAck | None = None
     generation_seen: bool = False
+    # The ack watch keeps its own deadline (INITIAL_STATE_ACK); these are the rest.
     deadlines: dict[Deadline, float] = attrs.Factory(dict)
     requests: list[PendingRequest] = attrs.Factory(list)
     request_sends: dict[SendId, RequestId] = attrs.Factory(dict)
@@ -78,14 +68,10 @@ class Attempt:
         self.next_send += 1
         return SendId(self.next_send)
 
-    def ack_is_initial(self, ack: SetImageAck | PromptAck) -> bool:
-        """Whether ``ack`` answers this attempt's initial-state frame."""
-        if self.watch not in (AckWatch.AWAITING, AckWatch.WATCHING, AckWatch.EXPIRED):
-            return False
-        frame = self.initial_frame
-        if isinstance(ack, SetImageAck):
-            return isinstance(frame, SetImage)
-        return isinstance(frame, Prompt) and frame.prompt == ack.prompt
+    @property
+    def initial_frame(self) -> SetImage | Prompt | None:
+        """The initial-state frame sent right behind the join (None: passthrough)."""
+        return self.ack_watch.frame
 
     def take_request(self, ack: SetImageAck | PromptAck) -> PendingRequest | None:
         """The oldest pending request ``ack`` answers (set_image in order,

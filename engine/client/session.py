@@ -10,16 +10,20 @@ normative text, and this table is the part of it you can execute):
    effects and events (``leanjoin.engine.client.outputs``). Every transport input
    and every output names its connect attempt. Input of any attempt but the
    live one is dropped, so nothing of a stale attempt reaches the user.
-3. Phases and transitions are the ``TRANSITIONS`` table below, run by one
-   shared ``transitions.Machine`` (no auto transitions, bound callbacks, no
-   Graph/Async/Timeout variants). Callbacks only update fields and append
-   outputs; they never fire another trigger.
+3. Phases and transitions are tables run by shared ``transitions``
+   machines (no auto transitions, bound callbacks, no Graph/Async/Timeout
+   variants): the session's ``TRANSITIONS`` below, and each attempt's
+   initial-state ack watch, ``ACK_WATCH_TRANSITIONS`` in ``ack_watch.py``.
+   A table's sources are the only legality check: a handler asks whether
+   the table has a row (``_can``), never which phase it is in. Callbacks
+   only update fields and append outputs; they never fire another trigger.
 4. Misuse of the API (or an adapter reporting something it was never asked
-   to do) raises :class:`UsageError`. Nothing a peer sends raises: bad or
-   hostile input becomes a typed error event or a failed attempt.
+   to do) raises :class:`~leanjoin.engine.sansio.UsageError`. Nothing a peer
+   sends raises: bad or hostile input becomes a typed error event or a
+   failed attempt.
 5. The same inputs at the same times always give the same outputs.
 
-Everything an attempt owns (deadlines, buffered ack, pending requests) lives
+Everything an attempt owns (deadlines, the ack watch, pending requests) lives
 in its :class:`~leanjoin.engine.client.attempt.Attempt` record, dropped at teardown.
 """
 
@@ -49,8 +53,10 @@ from ..messages import (
     SetImage,
     SetImageAck,
 )
-from ..table import Row, build_machine
-from .attempt import AckWatch, Attempt, Deadline, PendingRequest
+from ..sansio import SansIOEngine, UsageError
+from ..table import Row, build_machine, sources_by_trigger
+from .ack_watch import AckWatch, InitialStateWatch
+from .attempt import Attempt, Deadline, PendingRequest
 from .config import InitialState, SessionConfig
 from .inputs import (
     AttemptId,
@@ -82,7 +88,6 @@ from .outputs import (
     FramePurpose,
     GenerationStopped,
     GenerationTicked,
-    InitialStateAcked,
     OpenSocket,
     Output,
     PublishTracks,
@@ -96,10 +101,7 @@ from .outputs import (
     StateChanged,
 )
 
-
-class UsageError(Exception):
-    """The local side misused the engine: a command in the wrong state, an
-    adapter result that was never asked for, time going backwards."""
+__all__ = ["ClientSession", "NotConnectedError", "Phase", "UsageError"]
 
 
 class NotConnectedError(UsageError):
@@ -121,14 +123,15 @@ class Phase(enum.Enum):
 P = Phase
 ATTEMPT_PHASES: Final = (P.OPENING, P.JOINING, P.QUEUED, P.ROOM_CONNECTING, P.PUBLISHING)
 LIVE_PHASES: Final = (P.CONNECTED, P.GENERATING)
+MEDIA_PHASES: Final = (P.ROOM_CONNECTING, P.PUBLISHING)  # room_info in, not yet connected
 GIVE_UP_PHASES: Final = (*ATTEMPT_PHASES, *LIVE_PHASES, P.BACKOFF)
 ACTIVE_PHASES: Final = tuple(p for p in Phase if p is not P.DISCONNECTED)
 MODEL_PARTICIPANT_PREFIX: Final = "inference-server-"
 
 # The client table. Each row: trigger, source phases, destination (None: stay,
 # an internal transition), callbacks before the change, callbacks after it.
-# A (phase, trigger) pair missing here cannot happen: the dispatcher below
-# checks the phase first and treats anything else as misuse or peer noise.
+# A (phase, trigger) pair missing here is misuse when the adapter or the user
+# reports it, and an unexpected frame when the server sends it.
 # fmt: off
 TRANSITIONS: Final[tuple[Row[Phase], ...]] = (
     # trigger              sources                     dest                before                                   after
@@ -140,7 +143,12 @@ TRANSITIONS: Final[tuple[Row[Phase], ...]] = (
     ("room_connected",     (P.ROOM_CONNECTING,),       P.PUBLISHING,       ("_publish_tracks",),                    ()),
     ("tracks_published",   (P.PUBLISHING,),            P.CONNECTED,        ("_mark_connected",),                    ("_start_session",)),
     ("generation_started", (P.CONNECTED,),             P.GENERATING,       (),                                      ()),
-    ("generation_ended",   (P.GENERATING,),            P.CONNECTED,        (),                                      ()),
+    ("generation_started", MEDIA_PHASES,               None,               ("_note_generation",),                   ()),
+    ("generation_started", (P.GENERATING,),            None,               (),                                      ()),
+    ("generation_ended",   (P.GENERATING,),            P.CONNECTED,        ("_forget_generation",),                 ()),
+    ("generation_ended",   (*MEDIA_PHASES, P.CONNECTED), None,             ("_forget_generation",),                 ()),
+    ("send_request",       LIVE_PHASES,                None,               ("_send_request",),                      ()),
+    ("server_error",       LIVE_PHASES,                None,               ("_end_waits",),                         ()),
     ("attempt_failed",     ATTEMPT_PHASES,             P.BACKOFF,          ("_end_attempt", "_schedule_retry"),     ()),
     ("connection_lost",    LIVE_PHASES,                P.OPENING,          ("_end_attempt", "_begin_reconnect"),    ()),
     ("retry_due",          (P.BACKOFF,),               P.OPENING,          (),                                      ()),
@@ -165,6 +173,7 @@ MACHINE: Final = build_machine(
     on_enter=ON_ENTER,
     default_on_enter=("_publish_state",),
 )
+SOURCES: Final = sources_by_trigger(TRANSITIONS)
 
 _USER_STATE: Final = {
     P.DISCONNECTED: ConnectionState.DISCONNECTED,
@@ -195,31 +204,34 @@ class _Failure:
     message: str
 
 
-class ClientSession:
+_Due = tuple[Deadline, RequestId | None]
+
+
+class ClientSession(SansIOEngine[Output, _Due]):
     """One user session; inside it, at most one live connect attempt."""
 
     __slots__ = (
         "_attempt",
         "_connect_deadline",
         "_connect_paused",
-        "_firing",
         "_initial",
         "_last_attempt",
         "_last_request",
-        "_now",
-        "_out",
         "_passthrough_override",
         "_reconnecting",
         "_retries",
         "_retry_deadline",
         "_user_state",
         "config",
-        "phase",
     )
 
+    MACHINE = MACHINE
+    SOURCES = SOURCES
+    phase: Phase
+
     def __init__(self, config: SessionConfig) -> None:
+        super().__init__(P.DISCONNECTED)
         self.config = config
-        self.phase: Phase = P.DISCONNECTED
         self._attempt: Attempt | None = None
         self._last_attempt = AttemptId(0)
         self._last_request = 0
@@ -231,9 +243,6 @@ class ClientSession:
         self._connect_paused: float | None = None  # budget left while queued
         self._retry_deadline: float | None = None
         self._user_state = ConnectionState.DISCONNECTED
-        self._now = float("-inf")
-        self._out: list[Output] = []
-        self._firing = False
 
     # ---- public API ---------------------------------------------------------------
 
@@ -280,17 +289,13 @@ class ClientSession:
             for when in attempt.deadlines.values():
                 if best is None or when < best:
                     best = when
+            ack_due = attempt.ack_watch.deadline
+            if ack_due is not None and (best is None or ack_due < best):
+                best = ack_due
             for pending in attempt.requests:
                 if not pending.expired and (best is None or pending.deadline < best):
                     best = pending.deadline
         return best
-
-    def handle_timer(self, now: float) -> list[Output]:
-        """Fire every deadline due at ``now``, earliest first."""
-        self._advance(now)
-        while (due := self._next_due(now)) is not None:
-            self._fire_deadline(*due)
-        return self._flush()
 
     def deadlines(self) -> dict[str, float]:
         """Every armed deadline by name (for tests, tracing and the checker)."""
@@ -302,39 +307,22 @@ class ClientSession:
         if self._attempt is not None:
             for kind, when in self._attempt.deadlines.items():
                 armed[kind.name.lower()] = when
+            if self._attempt.ack_watch.deadline is not None:
+                armed["initial_state_ack"] = self._attempt.ack_watch.deadline
             for pending in self._attempt.live_requests():
                 armed[f"request:{pending.request}"] = pending.deadline
         return armed
 
     @property
     def ack_watch(self) -> AckWatch:
-        return AckWatch.NONE if self._attempt is None else self._attempt.watch
+        """Where the live attempt's initial-state ack watch stands."""
+        return AckWatch.NONE if self._attempt is None else self._attempt.ack_watch.phase
 
     # ---- plumbing -------------------------------------------------------------------
 
-    def _advance(self, now: float) -> None:
-        if now < self._now:
-            raise UsageError(f"time went backwards: {now} < {self._now}")
-        if self._firing:
-            raise UsageError("the engine is not re-entrant")
-        self._now = now
-
-    def _flush(self) -> list[Output]:
-        out, self._out = self._out, []
-        return out
-
-    def _fire(self, trigger: str, *args: Any) -> None:
-        self._firing = True
-        try:
-            MACHINE.events[trigger].trigger(self, *args)
-        finally:
-            self._firing = False
-
-    def _emit(self, output: Output) -> None:
-        self._out.append(output)
-
-    def _phase(self) -> Phase:
-        return self.phase  # read afresh: a trigger may just have changed it
+    def _watch(self, trigger: str, ack: SetImageAck | PromptAck | None = None) -> None:
+        """Drive the live attempt's ack watch; its events go out with ours."""
+        self._out.extend(self._live().ack_watch.fire(trigger, self._now, ack))
 
     def _live(self) -> Attempt:
         assert self._attempt is not None, "engine bug: no live attempt"
@@ -345,7 +333,7 @@ class ClientSession:
         failure = _Failure(kind, message)
         if permanent:
             self._fire("give_up", failure)
-        elif self.phase in LIVE_PHASES:
+        elif self._can("connection_lost"):
             self._fire("connection_lost", failure)
         elif self._retries >= self.config.retry.max_retries:
             retries = self.config.retry.max_retries
@@ -392,7 +380,11 @@ class ClientSession:
         attempt = Attempt(
             id=self._last_attempt,
             passthrough=passthrough,
-            initial_frame=None if passthrough else self._initial.frame(),
+            ack_watch=InitialStateWatch(
+                self._last_attempt,
+                None if passthrough else self._initial.frame(),
+                self.config.timeouts.initial_state_ack,
+            ),
         )
         self._attempt = attempt
         attempt.deadlines[Deadline.SOCKET_OPEN] = self._now + self.config.timeouts.socket_open
@@ -412,11 +404,11 @@ class ClientSession:
         if attempt.initial_frame is not None:
             # Right behind the join, without waiting for anything (rule 1).
             attempt.initial_send = attempt.new_send()
-            attempt.watch = AckWatch.AWAITING
             frame = encode(attempt.initial_frame)
             self._emit(
                 SendFrame(attempt.id, attempt.initial_send, FramePurpose.INITIAL_STATE, frame)
             )
+            self._watch("frame_sent")
         attempt.deadlines[Deadline.ROOM_INFO] = self._now + self.config.timeouts.room_info
 
     def _note_queue_position(self, event: EventData) -> None:
@@ -444,17 +436,7 @@ class ClientSession:
         attempt.room_requested = True
         attempt.deadlines[Deadline.MEDIA] = self._now + self.config.timeouts.media
         self._emit(ConnectRoom(attempt.id, info.livekit_url, info.token))
-        # The ack watch starts only now, never during a queue wait (rule 4).
-        if attempt.watch is AckWatch.AWAITING:
-            attempt.watch = AckWatch.WATCHING
-            attempt.deadlines[Deadline.INITIAL_STATE_ACK] = (
-                self._now + self.config.timeouts.initial_state_ack
-            )
-        elif attempt.watch is AckWatch.BUFFERED:
-            ack = attempt.buffered_ack
-            attempt.buffered_ack = None
-            assert ack is not None
-            self._settle_initial(attempt, ack)
+        self._watch("room_info")  # its deadline starts only now, never while queued
 
     def _publish_tracks(self, _event: EventData) -> None:
         self._emit(PublishTracks(self._live().id))
@@ -526,36 +508,12 @@ class ClientSession:
         self._retry_deadline = None
         self._reconnecting = False
 
-    # ---- the initial-state ack, out of band -----------------------------------------
-
-    def _settle_initial(self, attempt: Attempt, ack: SetImageAck | PromptAck) -> None:
-        attempt.watch = AckWatch.SETTLED
-        attempt.deadlines.pop(Deadline.INITIAL_STATE_ACK, None)
-        if ack.success:
-            self._emit(InitialStateAcked(attempt.id))
-        else:
-            reason = ack.error if isinstance(ack.error, str) else "no reason given"
-            self._emit(
-                ErrorOccurred(
-                    attempt.id,
-                    ErrorKind.INITIAL_STATE_REJECTED,
-                    f"the server rejected the initial state: {_clip(reason)}",
-                    fatal=False,
-                )
-            )
+    # ---- acks: the initial state's (out of band, ack_watch.py), then requests' -------
 
     def _on_ack(self, ack: SetImageAck | PromptAck) -> None:
         attempt = self._live()
-        if attempt.ack_is_initial(ack):
-            if attempt.watch is AckWatch.EXPIRED:
-                attempt.watch = AckWatch.SETTLED  # the late ack of a timed-out initial state
-                return
-            if attempt.watch is AckWatch.AWAITING:
-                # Early: buffered for this attempt, claimed once at room_info.
-                attempt.watch = AckWatch.BUFFERED
-                attempt.buffered_ack = ack
-            else:
-                self._settle_initial(attempt, ack)
+        if attempt.ack_watch.answers(ack):
+            self._watch("ack", ack)
             return
         pending = attempt.take_request(ack)
         if pending is None:
@@ -574,7 +532,7 @@ class ClientSession:
 
     # ---- deadlines ---------------------------------------------------------------------
 
-    def _next_due(self, now: float) -> tuple[Deadline, RequestId | None] | None:
+    def _next_due(self, now: float) -> _Due | None:
         best: tuple[float, Deadline, RequestId | None] | None = None
         candidates: list[tuple[float, Deadline, RequestId | None]] = []
         if self._connect_deadline is not None:
@@ -584,6 +542,8 @@ class ClientSession:
         attempt = self._attempt
         if attempt is not None:
             candidates.extend((when, kind, None) for kind, when in attempt.deadlines.items())
+            if attempt.ack_watch.deadline is not None:
+                candidates.append((attempt.ack_watch.deadline, Deadline.INITIAL_STATE_ACK, None))
             candidates.extend(
                 (p.deadline, Deadline.REQUEST, p.request) for p in attempt.requests if not p.expired
             )
@@ -592,7 +552,8 @@ class ClientSession:
                 best = candidate
         return None if best is None else (best[1], best[2])
 
-    def _fire_deadline(self, kind: Deadline, request: RequestId | None) -> None:
+    def _fire_deadline(self, due: _Due) -> None:
+        kind, request = due
         timeouts = self.config.timeouts
         if kind is Deadline.CONNECT:
             self._connect_deadline = None
@@ -615,16 +576,12 @@ class ClientSession:
                         )
                     )
                     break
+        elif kind is Deadline.INITIAL_STATE_ACK:
+            self._watch("deadline")
         else:
             attempt = self._live()
             del attempt.deadlines[kind]
-            if kind is Deadline.INITIAL_STATE_ACK:
-                attempt.watch = AckWatch.EXPIRED
-                message = f"no initial-state ack within {timeouts.initial_state_ack:g} s"
-                self._emit(
-                    ErrorOccurred(attempt.id, ErrorKind.INITIAL_STATE_TIMEOUT, message, fatal=False)
-                )
-            elif kind is Deadline.SOCKET_OPEN:
+            if kind is Deadline.SOCKET_OPEN:
                 self._fail(
                     ErrorKind.SOCKET_OPEN_TIMEOUT,
                     f"socket not open within {timeouts.socket_open:g} s",
@@ -650,31 +607,32 @@ class ClientSession:
     # ---- input handlers ------------------------------------------------------------------
 
     def _on_connect(self, command: Connect) -> None:
-        if self.phase is not P.DISCONNECTED:
+        if not self._can("connect"):
             raise UsageError(f"connect while {self._user_state.value}: disconnect first")
         if command.passthrough is False and not command.initial.has_reference:
             raise UsageError("passthrough=False needs an initial image or prompt to send")
         self._fire("connect", command)
 
     def _on_disconnect(self, _command: Disconnect) -> None:
-        if self.phase is not P.DISCONNECTED:
+        if self._can("disconnect"):
             self._fire("disconnect")
 
-    def _require_live(self, what: str) -> Attempt:
-        if self.phase not in LIVE_PHASES:
+    def _require_connected(self, what: str) -> None:
+        if not self._can("send_request"):
             raise NotConnectedError(
                 f"{what} needs a connected session; the session is {self._user_state.value}"
             )
-        return self._live()
 
     def _next_request(self, request: RequestId) -> None:
         if request <= self._last_request:
             raise UsageError(f"request ids must increase: {request} after {self._last_request}")
         self._last_request = request
 
-    def _send_request(
-        self, attempt: Attempt, request: RequestId, message: Prompt | SetImage
-    ) -> None:
+    def _send_request(self, event: EventData) -> None:
+        request: RequestId
+        message: Prompt | SetImage
+        request, message = event.args
+        attempt = self._live()
         send = attempt.new_send()
         attempt.request_sends[send] = request
         deadline = self._now + self.config.timeouts.request_ack
@@ -683,15 +641,16 @@ class ClientSession:
         self._emit(SendFrame(attempt.id, send, FramePurpose.REQUEST, encode(message)))
 
     def _on_change_prompt(self, command: ChangePrompt) -> None:
-        attempt = self._require_live("set_prompt")
+        self._require_connected("set_prompt")
         self._next_request(command.request)
         self._initial = attrs.evolve(
             self._initial, prompt=command.prompt, enhance_prompt=command.enhance_prompt
         )
-        self._send_request(attempt, command.request, Prompt(command.prompt, command.enhance_prompt))
+        message = Prompt(command.prompt, command.enhance_prompt)
+        self._fire("send_request", command.request, message)
 
     def _on_change_image(self, command: ChangeImage) -> None:
-        attempt = self._require_live("set_image")
+        self._require_connected("set_image")
         self._next_request(command.request)
         changes: dict[str, Any] = {"image_data": command.image_data, "image_ref": command.image_ref}
         if command.prompt is not None:
@@ -706,10 +665,10 @@ class ClientSession:
             enhance_prompt=command.enhance_prompt,
         ).frame()
         assert isinstance(message, SetImage)
-        self._send_request(attempt, command.request, message)
+        self._fire("send_request", command.request, message)
 
     def _on_socket_opened(self, _result: SocketOpened) -> None:
-        if self.phase is not P.OPENING:
+        if not self._can("socket_opened"):
             raise UsageError("SocketOpened reported twice")
         self._fire("socket_opened")
 
@@ -762,67 +721,63 @@ class ClientSession:
                 handler(self, message)
 
     def _on_queue_position(self, message: QueuePosition) -> None:
-        if self.phase in (P.JOINING, P.QUEUED):
+        if self._can("queue_position"):
             self._fire("queue_position", message)
         else:
             self._unexpected(f"queue_position while {self.phase.value}")
 
     def _on_room_info(self, message: LiveKitRoomInfo) -> None:
-        if self.phase in (P.JOINING, P.QUEUED):
+        if self._can("room_info"):
             self._fire("room_info", message)
         else:
             self._unexpected(f"livekit_room_info while {self.phase.value}")
 
     def _on_server_error(self, message: Error) -> None:
-        attempt = self._live()
         text = f"server error: {_clip(message.error)}"
         permanent = self._is_permanent(message.error)
-        if self.phase not in LIVE_PHASES or permanent:
+        if permanent or not self._can("server_error"):
             self._fail(ErrorKind.SERVER_ERROR, text, permanent=permanent)
-            return
+        else:
+            self._fire("server_error", text)
+
+    def _end_waits(self, event: EventData) -> None:
         # Connected: one error event; the waits it fails end without another.
         # They stay as tombstones, so that acks still on their way are absorbed
         # rather than reported as unexpected or taken for newer requests.
+        text: str = _arg(event)
+        attempt = self._live()
         self._emit(ErrorOccurred(attempt.id, ErrorKind.SERVER_ERROR, text, fatal=False))
-        if attempt.watch in (AckWatch.WATCHING, AckWatch.AWAITING):
-            attempt.watch = AckWatch.EXPIRED
-        elif attempt.watch is AckWatch.BUFFERED:
-            attempt.watch = AckWatch.SETTLED
-        attempt.deadlines.pop(Deadline.INITIAL_STATE_ACK, None)
+        self._watch("server_error")
         for pending in attempt.live_requests():
             pending.expired = True
             self._emit(RequestFailed(attempt.id, pending.request, ErrorKind.SERVER_ERROR, text))
         attempt.drop_excess_tombstones()
 
+    def _note_generation(self, _event: EventData) -> None:
+        self._live().generation_seen = True  # shown as generating once connected
+
+    def _forget_generation(self, _event: EventData) -> None:
+        self._live().generation_seen = False
+
     def _on_generation_started(self, _message: GenerationStarted) -> None:
-        attempt = self._live()
-        if self.phase is P.CONNECTED:
+        if self._can("generation_started"):
             self._fire("generation_started")
-        elif attempt.room_info is not None and self.phase is not P.GENERATING:
-            attempt.generation_seen = True  # shown as generating once connected
-        elif attempt.room_info is None:
+        else:
             self._unexpected("generation_started before livekit_room_info")
 
     def _on_generation_tick(self, message: GenerationTick) -> None:
-        attempt = self._live()
-        if attempt.room_info is None:
+        if not self._can("generation_started"):
             self._unexpected("generation_tick before livekit_room_info")
             return
-        if self.phase is P.CONNECTED:
-            self._fire("generation_started")
-        elif self.phase is not P.GENERATING:
-            attempt.generation_seen = True
-        self._emit(GenerationTicked(attempt.id, message.seconds))
+        self._fire("generation_started")  # a tick shows generation has begun
+        self._emit(GenerationTicked(self._live().id, message.seconds))
 
     def _on_generation_ended(self, message: GenerationEnded) -> None:
-        attempt = self._live()
-        if attempt.room_info is None:
+        if not self._can("generation_ended"):
             self._unexpected("generation_ended before livekit_room_info")
             return
-        attempt.generation_seen = False
-        if self.phase is P.GENERATING:
-            self._fire("generation_ended")
-        self._emit(GenerationStopped(attempt.id, message.seconds, _clip(message.reason)))
+        self._fire("generation_ended")
+        self._emit(GenerationStopped(self._live().id, message.seconds, _clip(message.reason)))
 
     def _require_room(self, what: str) -> Attempt:
         attempt = self._live()
@@ -832,13 +787,13 @@ class ClientSession:
 
     def _on_room_connected(self, _result: RoomConnected) -> None:
         self._require_room("RoomConnected")
-        if self.phase is not P.ROOM_CONNECTING:
+        if not self._can("room_connected"):
             raise UsageError("RoomConnected reported twice")
         self._fire("room_connected")
 
     def _on_room_connect_failed(self, result: RoomConnectFailed) -> None:
         self._require_room("RoomConnectFailed")
-        if self.phase is not P.ROOM_CONNECTING:
+        if not self._can("room_connected"):  # the room's connect is no longer awaited
             raise UsageError("RoomConnectFailed after RoomConnected")
         self._fail(
             ErrorKind.MEDIA_FAILED,
@@ -847,17 +802,16 @@ class ClientSession:
         )
 
     def _on_tracks_published(self, _result: TracksPublished) -> None:
-        self._require_room("TracksPublished")
-        if self.phase is not P.PUBLISHING:
+        attempt = self._require_room("TracksPublished")
+        if not self._can("tracks_published"):
             raise UsageError("TracksPublished without PublishTracks")
         self._fire("tracks_published")
-        attempt = self._attempt
-        if attempt is not None and attempt.generation_seen and self._phase() is P.CONNECTED:
+        if attempt.generation_seen:  # the server began before we were connected
             self._fire("generation_started")
 
     def _on_publish_failed(self, result: PublishFailed) -> None:
         self._require_room("PublishFailed")
-        if self.phase is not P.PUBLISHING:
+        if not self._can("tracks_published"):  # the publish is no longer awaited
             raise UsageError("PublishFailed without PublishTracks")
         self._fail(ErrorKind.MEDIA_FAILED, f"publish failed: {_clip(result.reason)}")
 

@@ -10,10 +10,12 @@ Rules of this module (the same as ``client.py``'s, seen from the other end):
    admission queue shared by all connections is :mod:`.admission`; this
    object only asks it for a slot and hears back through the adapter.
 3. Phases and transitions are the ``TRANSITIONS`` table below, run by one
-   shared ``transitions.Machine``. Callbacks only update fields and append
-   outputs; they never fire another trigger. Handlers fire triggers, then run
-   what may follow a phase change (injected faults, the start of generation).
-4. Misuse by the adapter raises :class:`UsageError`. Nothing a peer sends
+   shared ``transitions.Machine``. Its sources are the only legality check: a
+   handler asks whether the table has a row (``_can``), never which phase it
+   is in. Callbacks only update fields and append outputs; they never fire
+   another trigger. Handlers fire triggers, then run what may follow a phase
+   change (injected faults, the start of generation).
+4. Misuse by the adapter raises :class:`~leanjoin.engine.sansio.UsageError`. Nothing a peer sends
    raises: a bad frame gets an ``error`` frame naming the problem, and abuse
    (a flood, many bad frames, too many pending requests) a close with a reason.
 5. Once the session is closed every input is dropped.
@@ -51,7 +53,8 @@ from ..messages import (
     SetImage,
     SetImageAck,
 )
-from ..table import Row, build_machine
+from ..sansio import SansIOEngine, UsageError
+from ..table import Row, build_machine, sources_by_trigger
 from .events import (
     ClientPublishing,
     ClientVideoArrived,
@@ -93,14 +96,12 @@ CLOSE_INTERNAL: Final = 1011
 CLOSE_TRY_LATER: Final = 1013
 
 
-class UsageError(Exception):
-    """The adapter misused the engine: an input it was never asked for, an
-    input in the wrong phase, time going backwards."""
+__all__ = ["ServerSession", "UsageError"]
 
 
 P = SessionPhase
 OPEN_PHASES: Final = tuple(p for p in SessionPhase if p is not P.CLOSED)
-WAITING_PHASES: Final = (P.JOINED, P.QUEUED)
+WAITING_PHASES: Final = (P.JOINED, P.QUEUED)  # for a slot in the admission queue
 BEFORE_VIDEO: Final = (P.IN_ROOM, P.PUBLISHING)
 
 # The server table. Each row: trigger, source phases, destination (None: stay,
@@ -147,6 +148,7 @@ MACHINE: Final = build_machine(
     on_enter=ON_ENTER,
     default_on_enter=("_publish_phase",),
 )
+SOURCES: Final = sources_by_trigger(TRANSITIONS)
 
 
 class _Deadline(enum.IntEnum):
@@ -174,7 +176,7 @@ def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-class ServerSession:
+class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
     """One signaling connection, from the accepted socket to its close."""
 
     __slots__ = (
@@ -185,13 +187,10 @@ class ServerSession:
         "_closing",
         "_deadlines",
         "_expect_initial",
-        "_firing",
         "_join_kind",
         "_last_request",
         "_model",
         "_model_running",
-        "_now",
-        "_out",
         "_passthrough",
         "_prompt",
         "_queue",
@@ -206,18 +205,18 @@ class ServerSession:
         "_work",
         "faults",
         "knobs",
-        "phase",
     )
 
+    MACHINE = MACHINE
+    SOURCES = SOURCES
+    phase: SessionPhase
+
     def __init__(self, knobs: ServerKnobs, api_key: str, *, faults: bool = True) -> None:
+        super().__init__(P.NEW)
         self.knobs = knobs
         self.faults = faults  # False: the injected-fault knobs do not apply here
-        self.phase: SessionPhase = P.NEW
         self.__api_key = api_key.encode()
         self._shown = P.NEW
-        self._now = float("-inf")
-        self._out: list[ServerOutput] = []
-        self._firing = False
         self._deadlines: dict[_Deadline, float] = {}
         self._acks: deque[tuple[float, SetImageAck | PromptAck]] = deque()
         self._tokens = float(knobs.frame_burst)
@@ -270,48 +269,23 @@ class ServerSession:
         due = self._due_times()
         return min(due.values()) if due else None
 
-    def handle_timer(self, now: float) -> list[ServerOutput]:
-        """Fire every deadline due at ``now``, earliest first."""
-        self._advance(now)
-        while (kind := self._next_due(now)) is not None:
-            self._fire_deadline(kind)
-        return self._flush()
-
     def deadlines(self) -> dict[str, float]:
         """Every armed deadline by name (for tests and tracing)."""
         return {kind.name.lower(): when for kind, when in self._due_times().items()}
 
     # ---- plumbing -----------------------------------------------------------------------
 
-    def _advance(self, now: float) -> None:
-        if now < self._now:
-            raise UsageError(f"time went backwards: {now} < {self._now}")
-        if self._firing:
-            raise UsageError("the engine is not re-entrant")
-        self._now = now
-
-    def _flush(self) -> list[ServerOutput]:
-        out, self._out = self._out, []
-        return out
-
-    def _emit(self, output: ServerOutput) -> None:
-        self._out.append(output)
-
     def _send(self, message: ServerMessage) -> None:
         self._emit(SendFrame(message.type, encode(message)))
 
     def _fire(self, trigger: str, *args: Any) -> None:
         before = self.phase
-        self._firing = True
-        try:
-            MACHINE.events[trigger].trigger(self, *args)
-        finally:
-            self._firing = False
+        super()._fire(trigger, *args)
         if self.phase is not before:
             self._inject_faults()
 
     def _close(self, code: int, reason: str, error: str | None = None) -> None:
-        if self.phase is not P.CLOSED:
+        if self._can("close"):
             self._fire("close", _Closing(code, reason, error))
 
     def _inject_faults(self) -> None:
@@ -506,7 +480,7 @@ class ServerSession:
 
     def _maybe_start_generation(self) -> None:
         # Output starts once the client's video is in and the model has a state.
-        if self.phase is P.STREAMING and self._state_ready():
+        if self._can("start_generation") and self._state_ready():
             self._fire("start_generation")
 
     def _seconds(self) -> float:
@@ -574,7 +548,7 @@ class ServerSession:
     # ---- input handlers -----------------------------------------------------------------------
 
     def _on_opened(self, opened: Opened) -> None:
-        if self.phase is not P.NEW:
+        if not self._can("open"):
             raise UsageError("Opened reported twice")
         given = (opened.api_key or "").encode()
         if opened.api_key is not None and hmac.compare_digest(given, self.__api_key):
@@ -583,7 +557,7 @@ class ServerSession:
             self._fire("refuse", _Closing(CLOSE_POLICY, "unauthorized", UNAUTHORIZED))
 
     def _on_frame(self, event: FrameIn) -> None:
-        if self.phase is P.NEW:
+        if self._can("open"):
             raise UsageError("FrameIn before Opened")
         if not self._take_frame_token():
             rate = self.knobs.frame_rate
@@ -602,14 +576,14 @@ class ServerSession:
             self._on_request(message)
 
     def _on_join(self, join: LiveKitJoin) -> None:
-        if self.phase is not P.AWAITING_JOIN:
+        if not self._can("join"):
             self._refuse_frame("unexpected livekit_join: this connection already joined")
             return
         self._fire("join", join)
         self._advance_work()  # a bundled join carries its initial state
 
     def _on_request(self, message: SetImage | Prompt) -> None:
-        if self.phase is P.AWAITING_JOIN:
+        if self._can("join"):  # requests follow the join, never precede it
             self._refuse_frame(f"{message.type} before livekit_join: send livekit_join first")
             return
         if len(self._work) >= self.knobs.max_pending_requests:
@@ -633,7 +607,7 @@ class ServerSession:
         self._close(CLOSE_GOING_AWAY, _clip(shutdown.reason))
 
     def _require_waiting(self, what: str) -> None:
-        if self.phase not in WAITING_PHASES:
+        if not self._can("admit"):
             raise UsageError(f"{what} while {self.phase.value}: no slot was waited for")
 
     def _on_slot_granted(self, _granted: SlotGranted) -> None:
@@ -655,13 +629,13 @@ class ServerSession:
 
     def _on_room_ready(self, room: RoomReady) -> None:
         self._require_room_request("RoomReady")
-        if self.phase is not P.ADMITTED:
+        if not self._can("room_ready"):
             raise UsageError("RoomReady reported twice")
         self._fire("room_ready", room)
 
     def _on_room_failed(self, failed: RoomFailed) -> None:
         self._require_room_request("RoomFailed")
-        if self.phase is not P.ADMITTED:
+        if not self._can("room_ready"):  # the room is no longer awaited
             raise UsageError("RoomFailed after RoomReady")
         problem = f"could not prepare a room: {_clip(failed.reason)}"
         self._close(CLOSE_INTERNAL, "room unavailable", problem)
@@ -672,13 +646,13 @@ class ServerSession:
 
     def _on_publishing(self, _publishing: ClientPublishing) -> None:
         self._require_room("ClientPublishing")
-        if self.phase is P.IN_ROOM:
+        if self._can("client_publishing"):
             self._fire("client_publishing")
         # Later (video in already, or a further publication): nothing changes.
 
     def _on_video(self, _arrived: ClientVideoArrived) -> None:
         self._require_room("ClientVideoArrived")
-        if self.phase in BEFORE_VIDEO:  # later: the first frame was reported already
+        if self._can("client_video"):  # later: the first frame was reported already
             self._fire("client_video")
             self._maybe_start_generation()
 

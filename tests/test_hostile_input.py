@@ -30,6 +30,7 @@ from leanjoin.engine.server.events import (
     CreateRoom,
     DecodeReference,
     FrameIn,
+    FrameOut,
     Opened,
     ProblemNoted,
     ReferenceDecoded,
@@ -39,7 +40,6 @@ from leanjoin.engine.server.events import (
     SessionPhase,
     SlotGranted,
 )
-from leanjoin.engine.server.events import SendFrame as ServerSendFrame
 from leanjoin.engine.server.knobs import ServerKnobs
 from leanjoin.engine.server.session import ServerSession
 
@@ -293,7 +293,7 @@ def test_the_server_engine_survives_hostile_values_in_every_field(
         h.feed(0, FrameIn(frame))
         outputs = h.new()
         answer_decodes(h, outputs)
-        sent = [o for o in outputs if isinstance(o, ServerSendFrame)]
+        sent = [o for o in outputs if isinstance(o, FrameOut)]
         errors = [o for o in sent if o.kind == "error"]
         assert len(errors) <= 1 and len([o for o in outputs if isinstance(o, CloseConnection)]) <= 1
         for out in sent:

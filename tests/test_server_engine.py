@@ -29,6 +29,7 @@ from leanjoin.engine.server.events import (
     DecodeReference,
     FailMedia,
     FrameIn,
+    FrameOut,
     Opened,
     PeerClosed,
     PhaseChanged,
@@ -37,11 +38,10 @@ from leanjoin.engine.server.events import (
     ReferenceDecoded,
     ReferenceUndecodable,
     ReleaseSlot,
-    RequestId,
+    RequestNumber,
     RequestSlot,
     RoomFailed,
     RoomReady,
-    SendFrame,
     ServerOutput,
     SessionPhase,
     Shutdown,
@@ -130,7 +130,7 @@ class Harness:
 
     def sent(self, index: int = 0) -> list[dict[str, Any]]:
         """Frames sent to connection ``index`` since the last call, as JSON."""
-        return [json.loads(o.frame) for o in self.new(index) if isinstance(o, SendFrame)]
+        return [json.loads(o.frame) for o in self.new(index) if isinstance(o, FrameOut)]
 
     def types(self, index: int = 0) -> list[str]:
         return [frame["type"] for frame in self.sent(index)]
@@ -153,7 +153,7 @@ def effects(outputs: list[ServerOutput], kind: type) -> list[Any]:
     return [o for o in outputs if isinstance(o, kind)]
 
 
-def decode_request(h: Harness, index: int = 0) -> RequestId:
+def decode_request(h: Harness, index: int = 0) -> RequestNumber:
     """The request of the latest DecodeReference (the log is not consumed)."""
     return [o for o in h.log[index] if isinstance(o, DecodeReference)][-1].request
 
@@ -166,7 +166,7 @@ def test_a_wrong_or_missing_key_gets_unauthorized_and_a_close(key: str | None) -
     h = Harness()
     h.open(key=key)
     out = h.new()
-    frames = [json.loads(o.frame) for o in effects(out, SendFrame)]
+    frames = [json.loads(o.frame) for o in effects(out, FrameOut)]
     assert frames == [{"type": "error", "error": "unauthorized: invalid api key"}]
     assert effects(out, CloseConnection) == [CloseConnection(1008, "unauthorized")]
     assert h.phase() is P.CLOSED
@@ -201,7 +201,7 @@ def test_passthrough_join_runs_to_generation_and_ticks() -> None:
     h.now = 2.0
     h.feed(0, ClientVideoArrived())
     out = h.new()
-    assert [json.loads(o.frame)["type"] for o in effects(out, SendFrame)] == ["generation_started"]
+    assert [json.loads(o.frame)["type"] for o in effects(out, FrameOut)] == ["generation_started"]
     assert effects(out, ConfigureModel) == [ConfigureModel(None, None, True)]
     assert h.sessions[0].deadlines() == {"tick": 3.0}
 
@@ -212,7 +212,7 @@ def test_passthrough_join_runs_to_generation_and_ticks() -> None:
     ]
     h.feed(0, Shutdown())
     out = h.new()
-    frames = [json.loads(o.frame) for o in effects(out, SendFrame)]
+    frames = [json.loads(o.frame) for o in effects(out, FrameOut)]
     assert frames == [
         {"type": "generation_ended", "seconds": 2.0, "reason": "server shutting down"}
     ]
@@ -231,7 +231,7 @@ def test_a_late_tick_skips_missed_ticks_instead_of_bursting() -> None:
     h.feed(0, FrameIn('{"type":"unknown"}'))  # moves the engine's clock without a timer
     h.sent()
     out = h.sessions[0].handle_timer(5.5)
-    assert [json.loads(o.frame) for o in effects(out, SendFrame)] == [
+    assert [json.loads(o.frame) for o in effects(out, FrameOut)] == [
         {"type": "generation_tick", "seconds": 5.5}
     ]
     assert h.sessions[0].deadlines() == {"tick": 6.5}
@@ -280,7 +280,7 @@ def test_the_media_phases_follow_the_client_into_the_room() -> None:
     out = h.new()
     changes = [(o.previous, o.phase) for o in effects(out, PhaseChanged)]
     assert changes == [(P.PUBLISHING, P.STREAMING), (P.STREAMING, P.GENERATING)]
-    assert [json.loads(o.frame)["type"] for o in effects(out, SendFrame)] == ["generation_started"]
+    assert [json.loads(o.frame)["type"] for o in effects(out, FrameOut)] == ["generation_started"]
     h.feed(0, ClientPublishing())
     h.feed(0, ClientVideoArrived())  # reported once already
     assert h.new() == []
@@ -316,7 +316,7 @@ def test_no_initial_state_after_passthrough_false_closes_with_a_clear_error() ->
     assert h.phase() is P.IN_ROOM
     h.advance(0.1)
     out = h.new()
-    (error,) = [json.loads(o.frame) for o in effects(out, SendFrame)]
+    (error,) = [json.loads(o.frame) for o in effects(out, FrameOut)]
     assert "no initial state" in error["error"] and "passthrough=false" in error["error"]
     assert effects(out, CloseConnection) == [CloseConnection(1008, "no initial state")]
 
@@ -416,7 +416,7 @@ def test_a_full_queue_refuses_with_an_error_and_try_later() -> None:
         h.open(i)
         h.join(i, passthrough=True)
     out = h.new(2)
-    (error,) = [json.loads(o.frame) for o in effects(out, SendFrame)]
+    (error,) = [json.loads(o.frame) for o in effects(out, FrameOut)]
     assert "server at capacity" in error["error"]
     assert effects(out, CloseConnection) == [CloseConnection(1013, "server at capacity")]
     assert not effects(out, ReleaseSlot)
@@ -464,7 +464,7 @@ def test_a_failed_room_closes_with_an_internal_error() -> None:
     assert effects(h.new(), CreateRoom)
     h.feed(0, RoomFailed("token service down"))
     out = h.new()
-    (error,) = [json.loads(o.frame) for o in effects(out, SendFrame)]
+    (error,) = [json.loads(o.frame) for o in effects(out, FrameOut)]
     assert error["error"] == "could not prepare a room: token service down"
     assert effects(out, CloseConnection) == [CloseConnection(1011, "room unavailable")]
 
@@ -489,7 +489,7 @@ def test_bad_references_are_rejected_by_name(image_data: str, problem: str) -> N
     h.frame(0, {"type": "set_image", "image_data": image_data})
     out = h.new()
     assert not effects(out, DecodeReference)
-    ack = [json.loads(o.frame) for o in effects(out, SendFrame)][-1]
+    ack = [json.loads(o.frame) for o in effects(out, FrameOut)][-1]
     assert ack["type"] == "set_image_ack" and ack["success"] is False
     assert problem in ack["error"]
     assert image_data[:12] not in ack["error"] or not image_data
@@ -548,7 +548,7 @@ def test_requests_are_handled_one_at_a_time_so_acks_keep_their_order() -> None:
     h.frame(0, {"type": "prompt", "prompt": "second"})
     h.frame(0, {"type": "set_image", "image_data": "bad!"})
     assert h.sent() == []  # the prompt waits behind the image being decoded
-    h.feed(0, ReferenceDecoded(RequestId(1)))
+    h.feed(0, ReferenceDecoded(RequestNumber(1)))
     assert h.sent() == [
         {"type": "set_image_ack", "success": True},
         {"type": "prompt_ack", "prompt": "second", "success": True},
@@ -578,7 +578,7 @@ def test_runtime_requests_while_generating_reconfigure_the_model() -> None:
     h.frame(0, {"type": "set_image", "image_data": IMAGE, "prompt": None})
     h.feed(0, ReferenceDecoded(decode_request(h)))
     out = h.new()
-    assert effects(out, ConfigureModel) == [ConfigureModel(None, RequestId(2), True)]
+    assert effects(out, ConfigureModel) == [ConfigureModel(None, RequestNumber(2), True)]
     h.frame(0, {"type": "set_image", "image_data": None, "prompt": "plain"})
     out = h.new()
     assert effects(out, ConfigureModel) == [ConfigureModel("plain", None, True)]  # cleared
@@ -638,7 +638,7 @@ def test_close_at_closes_in_that_phase(fault: FaultPhase) -> None:
     (closed,) = [o for o in effects(out, PhaseChanged) if o.phase is P.CLOSED]
     assert FAULT_PHASES[closed.previous] is fault
     if fault is FaultPhase.GENERATING:
-        assert [json.loads(o.frame)["type"] for o in effects(out, SendFrame)][-1] == (
+        assert [json.loads(o.frame)["type"] for o in effects(out, FrameOut)][-1] == (
             "generation_ended"
         )
 
@@ -656,7 +656,7 @@ def test_a_close_on_client_video_starts_no_generation() -> None:
     h = Harness(ServerKnobs(close_at=FaultPhase.CLIENT_VIDEO))
     _walk(h, 2)
     out = h.new()
-    assert not [o for o in effects(out, SendFrame) if "generation" in o.kind]
+    assert not [o for o in effects(out, FrameOut) if "generation" in o.kind]
     assert not effects(out, ConfigureModel) and h.phase() is P.CLOSED
 
 
@@ -677,7 +677,7 @@ def test_media_failure_at_fails_the_media_once_in_that_phase_and_goes_on(
     (entered,) = [o for o in effects(out, PhaseChanged) if FAULT_PHASES[o.phase] is media.phase]
     assert out.index(entered) < out.index(FailMedia())
     if media is MediaFailurePhase.GENERATING:  # the client hears generation started first
-        sent = [o.kind for o in out[: out.index(FailMedia())] if isinstance(o, SendFrame)]
+        sent = [o.kind for o in out[: out.index(FailMedia())] if isinstance(o, FrameOut)]
         assert "generation_started" in sent
     assert h.phase() is not P.CLOSED and not effects(out, CloseConnection)
 
@@ -749,7 +749,7 @@ def test_too_many_bad_frames_close_the_connection() -> None:
     for _ in range(3):
         h.feed(0, FrameIn("garbage"))
     out = h.new()
-    assert len(effects(out, SendFrame)) == 3
+    assert len(effects(out, FrameOut)) == 3
     assert effects(out, CloseConnection) == [CloseConnection(1008, "too many bad frames")]
 
 
@@ -763,7 +763,7 @@ def test_a_flood_of_frames_closes_the_connection() -> None:
     h.frame(0, {"type": "noise"})
     h.frame(0, {"type": "noise"})
     out = h.new()
-    (error,) = [json.loads(o.frame) for o in effects(out, SendFrame)]
+    (error,) = [json.loads(o.frame) for o in effects(out, FrameOut)]
     assert error["error"] == "too many frames: more than 10 per second"
     assert effects(out, CloseConnection) == [CloseConnection(1008, "too many frames")]
 
@@ -777,7 +777,7 @@ def test_peer_close_while_generating_stops_the_model_and_frees_the_slot() -> Non
     h.feed(0, PeerClosed(1001, "going away"))
     out = h.new()
     assert effects(out, StopModel) and effects(out, ReleaseSlot)
-    assert not effects(out, SendFrame) and not effects(out, CloseConnection)
+    assert not effects(out, FrameOut) and not effects(out, CloseConnection)
     assert (
         effects(out, PhaseChanged)[-1].detail == "client closed the connection (1001: going away)"
     )
@@ -804,7 +804,7 @@ def test_adapter_misuse_raises_usage_error() -> None:
     with pytest.raises(UsageError):
         session.handle(ClientPublishing(), 1.0)
     with pytest.raises(UsageError):
-        session.handle(ReferenceDecoded(RequestId(1)), 1.0)
+        session.handle(ReferenceDecoded(RequestNumber(1)), 1.0)
     with pytest.raises(UsageError):
         session.handle_timer(0.5)
     session.handle(FrameIn('{"type":"livekit_join","passthrough":true}'), 1.0)
@@ -935,7 +935,7 @@ def test_peer_input_never_makes_the_engine_raise(
         h.open(i)
         if join is not None:  # most runs start joined, so they reach the later phases
             h.feed(i, FrameIn(join))
-    pending: list[list[RequestId]] = [[], []]
+    pending: list[list[RequestNumber]] = [[], []]
     for action, i, arg in actions:
         session = h.sessions[i]
         if action == "frame":
@@ -959,7 +959,7 @@ def test_peer_input_never_makes_the_engine_raise(
         event(f"furthest phase: {max(reached, key=list(SessionPhase).index).value}")
         closes = effects(h.log[j], CloseConnection)
         assert len(closes) <= 1
-        for out in effects(h.log[j], SendFrame):
+        for out in effects(h.log[j], FrameOut):
             parsed = parse_server_frame(out.frame)
             assert not isinstance(parsed, FrameProblem | IgnoredFrame), out.frame
         if h.sessions[j].phase is P.CLOSED:

@@ -46,6 +46,7 @@ from leanjoin.engine.server.events import (
     DecodeReference,
     FailMedia,
     FrameIn,
+    FrameOut,
     Opened,
     PeerClosed,
     PhaseChanged,
@@ -53,11 +54,10 @@ from leanjoin.engine.server.events import (
     ReferenceDecoded,
     ReferenceUndecodable,
     ReleaseSlot,
-    RequestId,
+    RequestNumber,
     RequestSlot,
     RoomFailed,
     RoomReady,
-    SendFrame,
     ServerOutput,
     SessionPhase,
     Shutdown,
@@ -113,7 +113,7 @@ class _Connection:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
         self.room: RoomHandle | None = None
-        self.references: dict[RequestId, Image] = {}
+        self.references: dict[RequestNumber, Image] = {}
         # The newest message whose reference was decoded as it streamed in.
         self.prefetched: Prefetching | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -404,9 +404,9 @@ class ReferenceServer:
         self._arm(connection)
 
     def _perform(self, connection: _Connection, output: ServerOutput) -> None:
-        if isinstance(output, SendFrame | CloseConnection | FailMedia):
+        if isinstance(output, FrameOut | CloseConnection | FailMedia):
             # In the outbox: a media failure comes after the frames output before it.
-            if isinstance(output, SendFrame):
+            if isinstance(output, FrameOut):
                 connection.outbox.append(output.frame)
                 connection.outbox_bytes += len(output.frame)
                 if connection.outbox_bytes > OUTBOX_HIGH_BYTES:

@@ -54,6 +54,7 @@ from ..server.events import (
     CreateRoom,
     DecodeReference,
     FrameIn,
+    FrameOut,
     Opened,
     PeerClosed,
     PhaseChanged,
@@ -66,7 +67,6 @@ from ..server.events import (
     SessionPhase,
     Shutdown,
 )
-from ..server.events import SendFrame as ServerSend
 from ..server.session import ServerSession
 from .invariants import InvariantViolation
 from .model import (
@@ -328,7 +328,7 @@ class _Move:
         self, link: Link, output: ServerOutput, work: deque[tuple[int, object]]
     ) -> None:
         world, key = self.world, int(link.attempt)
-        if isinstance(output, ServerSend):
+        if isinstance(output, FrameOut):
             link.s2c.append(output.frame)
         elif isinstance(output, CloseConnection):
             link.s2c.append(ServerClose(output.code, output.reason))

@@ -15,7 +15,9 @@ from typing import NewType, TypeAlias
 
 import attrs
 
-RequestId = NewType("RequestId", int)
+# A connection's requests are numbered in arrival order, which is the order
+# their acks leave in (the client's own RequestId never reaches the server).
+RequestNumber = NewType("RequestNumber", int)
 
 
 class SessionPhase(enum.Enum):
@@ -127,12 +129,12 @@ class ClientVideoArrived:
 class ReferenceDecoded:
     """Answer to :class:`DecodeReference`: the adapter holds the decoded image."""
 
-    request: RequestId
+    request: RequestNumber
 
 
 @attrs.frozen
 class ReferenceUndecodable:
-    request: RequestId
+    request: RequestNumber
     reason: str
 
 
@@ -157,7 +159,7 @@ ServerInput: TypeAlias = (
 
 
 @attrs.frozen
-class SendFrame:
+class FrameOut:
     """Write one text frame; ``kind`` is its message type (safe to log)."""
 
     kind: str
@@ -191,7 +193,7 @@ class CreateRoom:
 class DecodeReference:
     """Decode an image; answer ReferenceDecoded or ReferenceUndecodable."""
 
-    request: RequestId
+    request: RequestNumber
     data: bytes = attrs.field(repr=_size)
 
 
@@ -200,7 +202,7 @@ class ConfigureModel:
     """Make the model produce output from this state (also on every change)."""
 
     prompt: str | None
-    reference: RequestId | None
+    reference: RequestNumber | None
     passthrough: bool
 
 
@@ -217,7 +219,7 @@ class FailMedia:
 
 
 ServerEffect: TypeAlias = (
-    SendFrame
+    FrameOut
     | CloseConnection
     | RequestSlot
     | ReleaseSlot

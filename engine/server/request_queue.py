@@ -15,7 +15,7 @@ import attrs
 
 from ..codec import decode_base64
 from ..messages import ABSENT, InitialStateBody, Prompt, PromptAck, SetImage, SetImageAck
-from .events import RequestId
+from .events import RequestNumber
 
 
 class Stage(enum.Enum):
@@ -28,7 +28,7 @@ class Stage(enum.Enum):
 class Request:
     """A ``set_image``/``prompt`` in the one-at-a-time pipeline."""
 
-    id: RequestId
+    id: RequestNumber
     message: SetImage | Prompt
     initial: bool
     data: bytes | None = attrs.field(default=None, repr=False)  # image bytes to decode
@@ -38,7 +38,7 @@ class Request:
     @classmethod
     def judge(
         cls,
-        id: RequestId,
+        id: RequestNumber,
         message: SetImage | Prompt,
         *,
         initial: bool,

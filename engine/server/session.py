@@ -64,6 +64,7 @@ from .events import (
     DecodeReference,
     FailMedia,
     FrameIn,
+    FrameOut,
     Opened,
     PeerClosed,
     PhaseChanged,
@@ -73,11 +74,10 @@ from .events import (
     ReferenceDecoded,
     ReferenceUndecodable,
     ReleaseSlot,
-    RequestId,
+    RequestNumber,
     RequestSlot,
     RoomFailed,
     RoomReady,
-    SendFrame,
     ServerOutput,
     SessionPhase,
     Shutdown,
@@ -232,7 +232,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         self._room: RoomReady | None = None
         self._applied = False
         self._prompt: str | None = None
-        self._reference: RequestId | None = None
+        self._reference: RequestNumber | None = None
         self._model_running = False
         self._started_at = 0.0
         self._last_request = 0
@@ -249,7 +249,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         return self._passthrough
 
     @property
-    def model_state(self) -> tuple[str | None, RequestId | None]:
+    def model_state(self) -> tuple[str | None, RequestNumber | None]:
         """The applied prompt and reference (by request number)."""
         return self._prompt, self._reference
 
@@ -276,7 +276,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
     # ---- plumbing -----------------------------------------------------------------------
 
     def _send(self, message: ServerMessage) -> None:
-        self._emit(SendFrame(message.type, encode(message)))
+        self._emit(FrameOut(message.type, encode(message)))
 
     def _fire(self, trigger: str, *args: Any) -> None:
         before = self.phase
@@ -408,7 +408,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         self._last_request += 1
         self._work.append(
             Request.judge(
-                RequestId(self._last_request),
+                RequestNumber(self._last_request),
                 message,
                 initial=initial,
                 max_bytes=self.knobs.max_reference_bytes,
@@ -656,7 +656,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
             self._fire("client_video")
             self._maybe_start_generation()
 
-    def _decoding(self, request: RequestId, what: str) -> None:
+    def _decoding(self, request: RequestNumber, what: str) -> None:
         head = self._work[0] if self._work else None
         if head is None or head.id != request or head.stage is not Stage.DECODING:
             raise UsageError(f"{what} for request {request}, which is not being decoded")

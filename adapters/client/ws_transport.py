@@ -36,6 +36,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from leanjoin.adapters.wire_log import wire_logger
 from leanjoin.engine.client.inputs import (
     AttemptId,
     FrameReceived,
@@ -56,16 +57,6 @@ USER_AGENT: Final = "leanjoin/0.1 (websockets)"
 FRAGMENT_ABOVE: Final = 1 << 20  # characters; every frame but an image is far smaller
 FRAGMENT_SIZE: Final = 1 << 18
 _ABNORMAL_CLOSURE: Final = 1006
-
-
-def _wire_logger() -> logging.Logger:
-    # websockets logs the request line (whose query holds the api key) at DEBUG:
-    # its logger for our connections drops everything below INFO, whatever the
-    # application's logging configuration says.
-    wire = logging.getLogger(f"{__name__}.wire")
-    if not wire.filters:
-        wire.addFilter(lambda record: record.levelno >= logging.INFO)
-    return wire
 
 
 @attrs.frozen
@@ -188,7 +179,7 @@ class SignalSocket:
                 compression=options.compression,
                 proxy=proxy,
                 user_agent_header=options.user_agent,
-                logger=_wire_logger(),
+                logger=wire_logger(log),
             )
         except Exception as exc:
             self._post(SocketOpenFailed(self.attempt, self._open_failure(exc)))

@@ -36,6 +36,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from leanjoin.adapters.wire_log import wire_logger
 from leanjoin.engine.server.admission import Admission
 from leanjoin.engine.server.events import (
     ClientPublishing,
@@ -85,15 +86,6 @@ _TIMER: Final = object()  # pump item: the connection's deadline is due
 _ADMIT: Final = object()  # pump item: the admission rate timer is due
 
 Image = npt.NDArray[np.uint8]
-
-
-def _wire_logger() -> logging.Logger:
-    # websockets logs request lines at DEBUG, and ours carry the api key in the
-    # query: this logger passes only INFO and above, whatever the configuration.
-    wire = logging.getLogger("leanjoin.server.wire")
-    if not wire.filters:
-        wire.addFilter(lambda record: record.levelno >= logging.INFO)
-    return wire
 
 
 class _Connection:
@@ -223,7 +215,7 @@ class ReferenceServer:
                 # and a dropped SYN costs its client a one-second retransmit.
                 backlog=LISTEN_BACKLOG,
                 create_connection=UplinkConnection,
-                logger=_wire_logger(),
+                logger=wire_logger(log),
             )
         except BaseException:
             await self._livekit.aclose()

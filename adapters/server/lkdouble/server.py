@@ -26,6 +26,8 @@ from urllib.parse import parse_qs
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from leanjoin.adapters.wire_log import wire_logger
+
 from . import ice, tokens
 from .room import RoomHandle, leave_reason
 from .session import ClientSession
@@ -33,15 +35,6 @@ from .session import ClientSession
 log = logging.getLogger(__name__)
 
 REFUSE_MEDIA_REASON = "media server unavailable: joins are refused (refuse_media fault)"
-
-
-def _wire_logger() -> logging.Logger:
-    # websockets logs request lines (with the query, which may carry a token) at
-    # DEBUG; this logger drops everything below INFO whatever the configuration.
-    wire = logging.getLogger(f"{__name__}.wire")
-    if not wire.filters:
-        wire.addFilter(lambda record: record.levelno >= logging.INFO)
-    return wire
 
 
 class LiveKitDouble:
@@ -104,7 +97,7 @@ class LiveKitDouble:
             self._host,
             self._port,
             process_request=self._route,
-            logger=_wire_logger(),
+            logger=wire_logger(log),
         )
         sockname = self._server.sockets[0].getsockname()
         self._port = int(sockname[1])

@@ -88,10 +88,48 @@ _ADMIT: Final = object()  # pump item: the admission rate timer is due
 Image = npt.NDArray[np.uint8]
 
 
+class _Wakeup:
+    """An engine's timer as one asyncio call: ``arm`` after every feed follows
+    ``get_timer()`` (cancelling the call when the deadline moves or goes, keeping
+    it when it stays), ``due`` when the call has run, ``cancel`` at the end."""
+
+    def __init__(self, get_timer: Callable[[], float | None], fire: Callable[[], None]) -> None:
+        self._get_timer = get_timer
+        self._fire = fire
+        self._handle: asyncio.TimerHandle | None = None
+        self._at: float | None = None
+
+    def arm(self) -> None:
+        when = self._get_timer()
+        if when == self._at:
+            return
+        self.cancel()
+        self._at = when
+        if when is not None:
+            self._handle = asyncio.get_running_loop().call_at(when, self._fire)
+
+    def due(self) -> float | None:
+        """The call has run: forget it and return the deadline it was armed for."""
+        at = self._at
+        self._handle = self._at = None
+        return at
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._at = None
+
+
 class _Connection:
     """The adapter's side of one session: socket, outbox, timer, room, images."""
 
-    def __init__(self, number: int, socket: ServerConnection, engine: ServerSession) -> None:
+    def __init__(
+        self,
+        number: int,
+        socket: ServerConnection,
+        engine: ServerSession,
+        feed: Callable[[_Connection, object], None],
+    ) -> None:
         self.number = number
         self.socket = socket
         self.engine = engine
@@ -102,8 +140,7 @@ class _Connection:
         self.drained = asyncio.Event()  # set while the outbox is below the high mark
         self.drained.set()
         self.wake = asyncio.Event()
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at: float | None = None
+        self.timer = _Wakeup(engine.get_timer, functools.partial(feed, self, _TIMER))
         self.room: RoomHandle | None = None
         self.references: dict[RequestNumber, Image] = {}
         # The newest message whose reference was decoded as it streamed in.
@@ -160,8 +197,9 @@ class ReferenceServer:
         self._admission: Admission[_Connection] = Admission(
             knobs.capacity, knobs.max_queue, knobs.admissions_per_second
         )
-        self._admit_timer: asyncio.TimerHandle | None = None
-        self._admit_at: float | None = None
+        self._admit_timer = _Wakeup(
+            self._admission.get_timer, functools.partial(self._feed, None, _ADMIT)
+        )
         self._drained = asyncio.Event()  # set whenever no connection is open
         self._drained.set()
         self._connections: set[_Connection] = set()
@@ -248,8 +286,7 @@ class ReferenceServer:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self._admit_timer is not None:
-            self._admit_timer.cancel()
+        self._admit_timer.cancel()
         await self._livekit.aclose()
         log.info("reference server stopped")
 
@@ -266,7 +303,7 @@ class ReferenceServer:
         limit = self.knobs.fault_connections
         faults = limit is None or number <= limit
         connection = _Connection(
-            number, socket, ServerSession(self.knobs, self.__api_key, faults=faults)
+            number, socket, ServerSession(self.knobs, self.__api_key, faults=faults), self._feed
         )
         self._connections.add(connection)
         self._drained.clear()
@@ -373,15 +410,13 @@ class ReferenceServer:
     def _step(self, connection: _Connection | None, item: object) -> None:
         now = self._now()
         if connection is None:  # the admission rate timer
-            now = self._catch_up(self._admit_at)
-            self._admit_timer = self._admit_at = None
+            now = self._catch_up(self._admit_timer.due())
             self._work.extend(self._admission.handle_timer(now))
-            self._arm_admission()
+            self._admit_timer.arm()
             return
         try:
             if item is _TIMER:
-                now = self._catch_up(connection.timer_at)
-                connection.timer = connection.timer_at = None
+                now = self._catch_up(connection.timer.due())
                 outputs = connection.engine.handle_timer(now)
             else:
                 outputs = connection.engine.handle(item, now)
@@ -393,7 +428,7 @@ class ReferenceServer:
             connection.outbox.append(CloseConnection(1011, "internal error"))
             connection.wake.set()
             return
-        self._arm(connection)
+        connection.timer.arm()
 
     def _perform(self, connection: _Connection, output: ServerOutput) -> None:
         if isinstance(output, FrameOut | CloseConnection | FailMedia):
@@ -408,10 +443,10 @@ class ReferenceServer:
             connection.wake.set()
         elif isinstance(output, RequestSlot):
             self._work.extend(self._admission.request(connection, self._now()))
-            self._arm_admission()
+            self._admit_timer.arm()
         elif isinstance(output, ReleaseSlot):
             self._work.extend(self._admission.release(connection, self._now()))
-            self._arm_admission()
+            self._admit_timer.arm()
         elif isinstance(output, CreateRoom):
             self._work.append((connection, self._create_room(connection)))
         elif isinstance(output, DecodeReference):
@@ -428,30 +463,6 @@ class ReferenceServer:
                 self._end(connection)
         elif isinstance(output, ProblemNoted):
             log.info("session %d: refused: %s", connection.number, output.detail)
-
-    def _arm(self, connection: _Connection) -> None:
-        when = connection.engine.get_timer()
-        if when == connection.timer_at:
-            return
-        if connection.timer is not None:
-            connection.timer.cancel()
-        connection.timer_at = when
-        connection.timer = None
-        if when is not None:
-            loop = asyncio.get_running_loop()
-            connection.timer = loop.call_at(when, self._feed, connection, _TIMER)
-
-    def _arm_admission(self) -> None:
-        when = self._admission.get_timer()
-        if when == self._admit_at:
-            return
-        if self._admit_timer is not None:
-            self._admit_timer.cancel()
-            self._admit_timer = None
-        self._admit_at = when
-        if when is not None:
-            loop = asyncio.get_running_loop()
-            self._admit_timer = loop.call_at(when, self._feed, None, _ADMIT)
 
     # ---- rooms, images and the model ----------------------------------------------------------
 
@@ -510,9 +521,7 @@ class ReferenceServer:
     def _end(self, connection: _Connection) -> None:
         """The session closed: stop its timer and tasks, empty its room and let the
         double forget it (once no client of it is left)."""
-        if connection.timer is not None:
-            connection.timer.cancel()
-            connection.timer = connection.timer_at = None
+        connection.timer.cancel()
         for task in list(connection.tasks):
             task.cancel()
         connection.references.clear()

@@ -71,8 +71,14 @@ ACK_WATCH_MACHINE: Final = build_machine(
 ACK_WATCH_SOURCES: Final = sources_by_trigger(ACK_WATCH_TRANSITIONS)
 
 
+# Every trigger carries (now, ack): the time, and the ack for "ack" (else None).
+def _now(event: EventData) -> float:
+    now: float = event.args[0]  # type: ignore[index]
+    return now
+
+
 def _ack(event: EventData) -> SetImageAck | PromptAck | None:
-    ack: SetImageAck | PromptAck | None = next(iter(event.args))
+    ack: SetImageAck | PromptAck | None = event.args[1]  # type: ignore[index]
     return ack
 
 
@@ -90,8 +96,7 @@ class InitialStateWatch:
     phase: AckWatch = W.NONE
     deadline: float | None = None
     buffered: SetImageAck | PromptAck | None = None
-    _now: float = 0.0
-    _out: list[Output] = attrs.Factory(list)
+    _out: list[Output] = attrs.Factory(list)  # empty between two fires
 
     def answers(self, ack: SetImageAck | PromptAck) -> bool:
         """Whether ``ack`` is the ack of this attempt's initial-state frame:
@@ -109,8 +114,7 @@ class InitialStateWatch:
         """Run ``trigger`` if the table has a row for it from the current
         phase (else it does not concern the watch); returns the events."""
         if self.phase in ACK_WATCH_SOURCES[trigger]:
-            self._now = now
-            ACK_WATCH_MACHINE.events[trigger].trigger(self, ack)
+            ACK_WATCH_MACHINE.events[trigger].trigger(self, now, ack)
         out, self._out = self._out, []
         return out
 
@@ -119,8 +123,8 @@ class InitialStateWatch:
     def _buffer(self, event: EventData) -> None:
         self.buffered = _ack(event)
 
-    def _arm(self, _event: EventData) -> None:
-        self.deadline = self._now + self.timeout
+    def _arm(self, event: EventData) -> None:
+        self.deadline = _now(event) + self.timeout
 
     def _disarm(self, _event: EventData) -> None:
         self.deadline = None

@@ -30,7 +30,7 @@ from leanjoin.adapters.wire_log import wire_logger
 
 from . import ice, tokens
 from .room import RoomHandle, leave_reason
-from .session import ClientSession
+from .session import SignalSession
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ class LiveKitDouble:
         self._rooms: dict[str, RoomHandle] = {}
         self._held: set[str] = set()  # asked for by room(), kept even empty until released
         self._bound: dict[str, int] = {}  # signal sessions of each room, joined or joining
-        self._sessions: set[ClientSession] = set()
+        self._sessions: set[SignalSession] = set()
         # Weak keys: a connection whose handshake fails after admission just vanishes.
-        self._admitted: weakref.WeakKeyDictionary[ServerConnection, tokens.Admission] = (
+        self._admitted: weakref.WeakKeyDictionary[ServerConnection, tokens.JoinGrant] = (
             weakref.WeakKeyDictionary()
         )
         self._server: Server | None = None
@@ -180,28 +180,28 @@ class LiveKitDouble:
         if self._closing:
             return connection.respond(503, "server shutting down\n")
         try:
-            admission = tokens.verify(self._api_key, self.__secret, _token(request, query))
+            grant = tokens.verify(self._api_key, self.__secret, _token(request, query))
         except tokens.TokenRefused as refused:
             log.info("join refused: %s", refused)
             return connection.respond(401, f"{refused}\n")
-        room = self.find_room(admission.room)
+        room = self.find_room(grant.room)
         if room is not None and room.refuses_joins:
-            log.info("join of %r refused: its room refuses joins", admission.identity)
+            log.info("join of %r refused: its room refuses joins", grant.identity)
             return connection.respond(503, f"{REFUSE_MEDIA_REASON}\n")
         if path == "/rtc/validate":
             return connection.respond(200, "success\n")
-        self._admitted[connection] = admission
+        self._admitted[connection] = grant
         return None
 
     async def _serve_session(self, connection: ServerConnection) -> None:
-        admission = self._admitted.pop(connection, None)
-        if admission is None or self._closing:
+        grant = self._admitted.pop(connection, None)
+        if grant is None or self._closing:
             await connection.close()
             return
-        name = admission.room
-        session = ClientSession(
+        name = grant.room
+        session = SignalSession(
             connection,
-            admission,
+            grant,
             self._room(name),
             media_setup_delay=self._media_setup_delay,
             join_answer_delay=self._join_answer_delay,
@@ -209,7 +209,7 @@ class LiveKitDouble:
         )
         self._bound[name] = self._bound.get(name, 0) + 1  # kept while joined or joining
         self._sessions.add(session)
-        log.info("%r joins room %r", admission.identity, admission.room)
+        log.info("%r joins room %r", grant.identity, grant.room)
         try:
             await session.run()
         finally:

@@ -38,7 +38,7 @@ from websockets.protocol import State
 from . import ice, sdp
 from .peer import ClientMedia
 from .room import RoomHandle, new_sid
-from .tokens import Admission
+from .tokens import JoinGrant
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,14 @@ PING_INTERVAL_S = 5
 PING_TIMEOUT_S = 15
 
 
-class ClientSession:
-    """Serve one admitted client until it leaves, the socket drops or the double kicks it."""
+class SignalSession:
+    """One participant's signal connection (``/rtc``): serve the client its
+    join grant admitted until it leaves, the socket drops or the double kicks it."""
 
     def __init__(
         self,
         ws: ServerConnection,
-        admission: Admission,
+        grant: JoinGrant,
         room: RoomHandle,
         *,
         media_setup_delay: float,
@@ -63,7 +64,7 @@ class ClientSession:
         publish_delay: float = 0.0,
     ) -> None:
         self._ws = ws
-        self._admission = admission
+        self._grant = grant
         self._room = room
         self._delay = media_setup_delay
         self._join_answer_delay = join_answer_delay
@@ -74,7 +75,7 @@ class ClientSession:
         self._closed = asyncio.Event()
 
     def __repr__(self) -> str:
-        return f"ClientSession(identity={self._admission.identity!r}, room={self._room.name!r})"
+        return f"SignalSession(identity={self._grant.identity!r}, room={self._room.name!r})"
 
     async def run(self) -> None:
         ice.confine_to_loopback()
@@ -103,12 +104,10 @@ class ClientSession:
         except ConnectionClosed:
             pass
         except DecodeError:
-            log.warning(
-                "%r sent a frame that is no SignalRequest; closing", self._admission.identity
-            )
+            log.warning("%r sent a frame that is no SignalRequest; closing", self._grant.identity)
         except Exception:
             # Keep the double serving others; the client sees its signal socket close.
-            log.exception("signal session of %r failed", self._admission.identity)
+            log.exception("signal session of %r failed", self._grant.identity)
         finally:
             try:
                 self._room.detach(self)
@@ -123,7 +122,7 @@ class ClientSession:
         if self._leaving or self._ws.state is not State.OPEN:
             return
         self._leaving = True
-        log.info("asking %r to leave: %s", self._admission.identity, why)
+        log.info("asking %r to leave: %s", self._grant.identity, why)
         await self._send(
             rtc.SignalResponse(
                 leave=rtc.LeaveRequest(
@@ -174,7 +173,7 @@ class ClientSession:
         elif which == "ping":
             await self._send(rtc.SignalResponse(pong=_now_ms()))
         elif which == "leave":
-            log.info("%r left", self._admission.identity)
+            log.info("%r left", self._grant.identity)
             return False
         return True
 
@@ -201,7 +200,7 @@ class ClientSession:
 
     async def _refuse_codec(self, codec: str) -> bool:
         why = (
-            f"refusing the video publication of {self._admission.identity!r}: codec {codec} is "
+            f"refusing the video publication of {self._grant.identity!r}: codec {codec} is "
             "not supported by this double (aiortc decodes VP8 and H264 only)"
         )
         log.warning("%s", why)
@@ -209,17 +208,17 @@ class ClientSession:
         return False
 
     def _join_response(self) -> rtc.JoinResponse:
-        admission = self._admission
+        grant = self._grant
         me = models.ParticipantInfo(
             sid=self.sid,
-            identity=admission.identity,
-            name=admission.name,
+            identity=grant.identity,
+            name=grant.name,
             state=models.ParticipantInfo.JOINED,
             joined_at=int(time.time()),
             permission=models.ParticipantPermission(
-                can_publish=admission.can_publish,
-                can_subscribe=admission.can_subscribe,
-                can_publish_data=admission.can_publish_data,
+                can_publish=grant.can_publish,
+                can_subscribe=grant.can_subscribe,
+                can_publish_data=grant.can_publish_data,
             ),
         )
         return rtc.JoinResponse(

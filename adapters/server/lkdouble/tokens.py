@@ -17,8 +17,9 @@ class TokenRefused(Exception):
 
 
 @dataclass(frozen=True)
-class Admission:
-    """What a verified token lets its bearer do."""
+class JoinGrant:
+    """What a verified join token lets its bearer do: join this room as this
+    identity, with these participant permissions (its LiveKit video grant)."""
 
     identity: str
     room: str
@@ -58,7 +59,7 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
-def verify(api_key: str, api_secret: str, token: str | None) -> Admission:
+def verify(api_key: str, api_secret: str, token: str | None) -> JoinGrant:
     """Check ``token`` against the double's key and secret and its join grant."""
     if not token:
         raise TokenRefused("no access token given")
@@ -76,7 +77,7 @@ def verify(api_key: str, api_secret: str, token: str | None) -> Admission:
         raise TokenRefused("token names no room")
     if not claims.identity:
         raise TokenRefused("token has no identity")
-    return Admission(
+    return JoinGrant(
         identity=claims.identity,
         room=video.room,
         name=claims.name or "",

@@ -19,6 +19,7 @@ from leanjoin.adapters.server.echo_model import (
     mean_colour,
     output_bands,
     prompt_colour,
+    swatch,
 )
 
 Frame = npt.NDArray[np.uint8]
@@ -90,6 +91,21 @@ def test_reference_alone_is_applied() -> None:
     assert out is not None
     assert np.all(out[-2:] == 90)
     assert np.array_equal(out[:6], _camera()[:6, ::-1])
+
+
+@given(hnp.arrays(np.uint8, st.tuples(st.integers(1, 16), st.integers(1, 16), st.just(4))))
+def test_a_swatch_paints_the_band_its_image_would(rgba: Frame) -> None:
+    """What the model keeps of a reference (a 1x1 image of its mean colour)
+    styles a frame exactly as the whole image does; a strided view will do."""
+    image = np.ascontiguousarray(rgba[:, :, :3])
+    kept = swatch(image)
+    assert kept.shape == (1, 1, 3) and kept.dtype == np.uint8
+    assert tuple(kept[0, 0]) == mean_colour(image)
+    assert np.array_equal(swatch(rgba[:, :, :3]), kept)
+    whole = echo_transform(_camera(), prompt="p", reference=image, passthrough=False)
+    kept_only = echo_transform(_camera(), prompt="p", reference=kept, passthrough=False)
+    assert whole is not None and kept_only is not None
+    assert np.array_equal(kept_only, whole)
 
 
 def test_prompt_colour_is_deterministic_and_distinct() -> None:

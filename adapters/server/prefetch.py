@@ -9,10 +9,12 @@ come, so that after the last byte only the tail is left.
 
 It is speculation and nothing more: the server still parses and validates the
 whole frame itself and asks :meth:`ReferencePrefetch.swatch_for` with the
-image bytes it decoded; the answer is a swatch only when this prefetch decoded
+image bytes it decoded; the answer is the echo model's swatch of the pixels
+(:func:`~leanjoin.adapters.server.echo_model.swatch`: what the model keeps of a
+reference; this module only hands it the pixels) when this prefetch decoded
 exactly those bytes and judged them safe, else ``None`` and the server decodes
 the image as before. So the scanner below may be naive about JSON: whatever it
-misreads ends in ``None``, never in a wrong colour.
+misreads ends in ``None``, never in a wrong swatch.
 
 It speculates only where Pillow's pixels are known to equal those of the
 server's decoder (PyAV/FFmpeg, :func:`~leanjoin.adapters.server.echo_model.decode_reference`),
@@ -23,9 +25,9 @@ and abandons (for good; the server decodes) on anything else:
   begin within the first :data:`HEAD_LIMIT` characters;
 * a value that is not plain standard base64: a ``\\`` escape, a ``data:`` URL
   (``:`` is no base64 digit), padding before the end;
-* anything but a PNG of 8-bit RGB or RGBA (alpha is ignored, as by
-  :func:`~leanjoin.adapters.server.echo_model.mean_colour`), non-interlaced: no
-  JPEG, palette, grey, 16-bit, interlaced or animated (APNG) image;
+* anything but a PNG of 8-bit RGB or RGBA (alpha is dropped, as the server's
+  decoder drops it), non-interlaced: no JPEG, palette, grey, 16-bit,
+  interlaced or animated (APNG) image;
 * more than ``max_pixels`` pixels (checked on the header, before a pixel is
   allocated), or a size FFmpeg itself refuses;
 * any PNG structure short of the plain one: IHDR first, contiguous IDATs, IEND
@@ -59,11 +61,10 @@ import zlib
 from typing import Any, Final, Protocol, cast
 
 import numpy as np
-import numpy.typing as npt
 import pybase64
 from PIL import Image
 
-from .echo_model import mean_colour
+from .echo_model import Swatch, swatch
 
 DEFAULT_MAX_PIXELS: Final = 40_000_000
 """Largest image (width x height) speculated on: at most 160 MB of pixels."""
@@ -139,7 +140,7 @@ def _value_start(head: str) -> int | None:
 
 class ReferencePrefetch:
     """Speculatively decodes the reference image of one ``set_image`` message
-    from its text fragments, and keeps the image's mean-colour swatch.
+    from its text fragments, and keeps the echo model's swatch of it.
 
     Use: ``p = ReferencePrefetch.begin(first)`` (``None``: nothing to do), then
     ``p.feed(fragment)`` for every *later* fragment, in order, then
@@ -214,7 +215,7 @@ class ReferencePrefetch:
         self._image: Image.Image | None = None
         self._pillow_rest = b""  # input Pillow's decoder did not consume yet
         self._pillow_done = False
-        self._swatch: npt.NDArray[np.uint8] | None = None
+        self._swatch: Swatch | None = None
 
     @classmethod
     def begin(
@@ -272,8 +273,8 @@ class ReferencePrefetch:
     def finish(self) -> None:
         """The message is complete (no more fragments). Never raises.
 
-        Checks the image is complete and computes its swatch: the tail cost
-        (about 20 ms for 8 MB of pixels: the mean colour).
+        Checks the image is complete and has the echo model derive its swatch
+        from the pixels: the tail cost (about 20 ms for 8 MB of pixels).
         """
         if self._stage in (_Stage.DONE, _Stage.ABANDONED):
             return
@@ -291,9 +292,8 @@ class ReferencePrefetch:
                 raise _Abandon("fewer pixel bytes than the image needs")
             if self._image is None:
                 raise _Abandon("no image")
-            # The server's own mean: an array view of the pixels, one pass per channel.
-            pixels = np.asarray(self._image)
-            self._swatch = np.array([[mean_colour(pixels)]], dtype=np.uint8)
+            # The pixels as the server's decoder gives them: RGB (a view, alpha left out).
+            self._swatch = swatch(np.asarray(self._image)[:, :, :3])
             self._stage = _Stage.DONE
         except _Abandon as stop:
             self._abandon(stop.reason)
@@ -302,9 +302,9 @@ class ReferencePrefetch:
         finally:
             self._release_pixels()
 
-    def swatch_for(self, data: bytes) -> npt.NDArray[np.uint8] | None:
-        """The 1x1x3 uint8 mean-colour swatch of the image whose bytes are exactly
-        ``data``, if this prefetch decoded exactly those bytes successfully; else None.
+    def swatch_for(self, data: bytes) -> Swatch | None:
+        """The swatch (a copy) of the image whose bytes are exactly ``data``, if
+        this prefetch decoded exactly those bytes successfully; else None.
 
         Compares the bytes themselves (length first, then a memcmp: about a
         millisecond for 8 MB), rather than hashes: a hash of ``data`` would cost

@@ -16,15 +16,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import attrs
-import numpy as np
-import numpy.typing as npt
 from websockets.asyncio.server import ServerConnection
 
 from leanjoin.engine.codec import utf8_size
 
+from .echo_model import Swatch
 from .prefetch import ReferencePrefetch
 
-Swatch = npt.NDArray[np.uint8]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 

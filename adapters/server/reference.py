@@ -30,8 +30,6 @@ from typing import Any, Final
 from urllib.parse import parse_qs
 
 import attrs
-import numpy as np
-import numpy.typing as npt
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -67,7 +65,7 @@ from leanjoin.engine.server.events import (
 from leanjoin.engine.server.knobs import ServerKnobs
 from leanjoin.engine.server.session import ServerSession
 
-from .echo_model import decode_reference, echo_transform, mean_colour
+from .echo_model import Swatch, decode_reference, echo_transform, swatch
 from .lkdouble import LiveKitDouble, RoomHandle
 from .reading import Prefetching, Uplink, UplinkConnection, receive
 
@@ -84,8 +82,6 @@ OUTBOX_LOW_BYTES: Final = 1 << 18
 DEAF_PEER_TIMEOUT: Final = 5.0
 _TIMER: Final = object()  # pump item: the connection's deadline is due
 _ADMIT: Final = object()  # pump item: the admission rate timer is due
-
-Image = npt.NDArray[np.uint8]
 
 
 class _Wakeup:
@@ -142,7 +138,7 @@ class _Connection:
         self.wake = asyncio.Event()
         self.timer = _Wakeup(engine.get_timer, functools.partial(feed, self, _TIMER))
         self.room: RoomHandle | None = None
-        self.references: dict[RequestNumber, Image] = {}
+        self.references: dict[RequestNumber, Swatch] = {}  # what the model keeps of each
         # The newest message whose reference was decoded as it streamed in.
         self.prefetched: Prefetching | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -151,12 +147,9 @@ class _Connection:
         return f"<connection {self.number} {self.engine.phase.value}>"
 
 
-def _reference_swatch(data: bytes) -> Image:
-    """Decode a reference and keep only what the echo model uses, its mean
-    colour, as a 1x1 image: computed once here instead of on every camera
-    frame (about 90 ms a frame for an 8 MB image), and megabytes lighter."""
-    colour = mean_colour(decode_reference(data))
-    return np.array([[colour]], dtype=np.uint8)
+def _reference_swatch(data: bytes) -> Swatch:
+    """Decode a reference and keep only what the echo model derives from it."""
+    return swatch(decode_reference(data))
 
 
 @attrs.frozen
@@ -479,19 +472,19 @@ class ReferenceServer:
         return RoomReady(self._livekit.url, token, room_name, session_id)
 
     async def _decode(self, connection: _Connection, effect: DecodeReference) -> None:
-        image: Image | None = None
+        kept: Swatch | None = None
         prefetched = connection.prefetched
         if prefetched is not None:
-            image = await prefetched.swatch_for(effect.data)
-            if image is not None and connection.prefetched is prefetched:
+            kept = await prefetched.swatch_for(effect.data)
+            if kept is not None and connection.prefetched is prefetched:
                 connection.prefetched = None  # used: let its bytes go
         try:
-            if image is None:
-                image = await asyncio.to_thread(_reference_swatch, effect.data)
+            if kept is None:
+                kept = await asyncio.to_thread(_reference_swatch, effect.data)
         except ValueError as exc:
             self._feed(connection, ReferenceUndecodable(effect.request, str(exc)))
             return
-        connection.references[effect.request] = image
+        connection.references[effect.request] = kept
         self._feed(connection, ReferenceDecoded(effect.request))
 
     def _configure(self, connection: _Connection, model: ConfigureModel) -> None:

@@ -343,7 +343,7 @@ MUTANTS: list[tuple[Patch, Bounds, int, str, int]] = [
     (two_errors_for_one_failure, NO_RIVAL, 3, "at_most_one_error_per_failure", 2),
     (permanent_error_retried, NO_RIVAL, 3, "permanent_failure_is_not_retried", 2),
     (connected_waits_for_the_ack, NO_RIVAL, 7, "connected_never_waits_for_ack", 6),
-    (media_deadline_never_armed, NO_RIVAL, 5, LIVENESS, 4),
+    (media_deadline_never_armed, NO_RIVAL, 5, "every_phase_arms_its_deadlines", 4),
     (room_left_behind_while_connecting, NO_RIVAL, 6, "every_ended_attempt_is_closed", 5),
     (server_repeats_room_info, NO_RIVAL, 6, SERVER_NEVER_SURPRISES_THE_CLIENT, 5),
 ]  # fmt: skip

@@ -16,11 +16,17 @@ from typing import Final
 import attrs
 
 from ..client.ack_watch import AckWatch
+from ..client.config import InitialState
 from ..client.inputs import (
+    ChangeImage,
+    ChangePrompt,
+    Connect,
     Disconnect,
     FrameReceived,
     Input,
+    RequestId,
     SendFailed,
+    SendId,
     SocketClosed,
     SocketOpenFailed,
     TracksPublished,
@@ -35,12 +41,14 @@ from ..client.outputs import (
     FramePurpose,
     InitialStateAcked,
     Output,
+    RequestAcked,
+    RequestFailed,
     RetryScheduled,
     SendFrame,
     StateChanged,
 )
 from ..client.session import ATTEMPT_PHASES, LIVE_PHASES, ClientSession, Phase
-from ..codec import parse_server_frame
+from ..codec import encode, parse_server_frame
 from ..messages import Error, PromptAck, SetImageAck
 
 NAMES: Final = (
@@ -57,6 +65,13 @@ NAMES: Final = (
     "every_attempt_has_a_deadline",
     "every_attempt_ends_within_its_deadlines",
     "every_ended_attempt_is_closed",
+    "replay_holds_what_the_user_last_set",
+    "every_phase_arms_its_deadlines",
+    "every_request_answered_once",
+    "request_ack_matches_oldest_pending",
+    "max_queue_wait_armed_once",
+    "connected_only_after_tracks_published",
+    "every_initial_ack_reported_once",
 )
 
 # Phases in which an attempt is pending: it must end (connected, failed or
@@ -76,7 +91,27 @@ _ALLOWED_DEADLINES: Final[dict[Phase, frozenset[str]]] = {
     Phase.BACKOFF: frozenset({"connect", "retry"}),
 }
 
+# Which deadlines must be armed in each phase, whatever else is (spec §5):
+# every pending phase is bounded, and the connect budget runs outside a queue.
+_REQUIRED_DEADLINES: Final[dict[Phase, frozenset[str]]] = {
+    Phase.OPENING: frozenset({"connect", "socket_open"}),
+    Phase.JOINING: frozenset({"connect", "room_info"}),
+    Phase.ROOM_CONNECTING: frozenset({"connect", "media"}),
+    Phase.PUBLISHING: frozenset({"connect", "media"}),
+    Phase.BACKOFF: frozenset({"connect", "retry"}),
+}
+
 _INITIAL_STATE_OUTCOMES: Final = (ErrorKind.INITIAL_STATE_REJECTED, ErrorKind.INITIAL_STATE_TIMEOUT)
+
+
+@attrs.define
+class _Sent:
+    """A frame the server will ack, as the monitor saw it leave (shadow model)."""
+
+    kind: str  # "prompt" | "set_image"
+    text: str | None  # a prompt frame's text: prompt_ack is matched by it
+    request: RequestId | None  # None: the attempt's initial-state frame
+    send: SendId
 
 
 class InvariantViolation(AssertionError):
@@ -98,6 +133,20 @@ class InvariantMonitor:
     _acks_received: set[int] = attrs.Factory(set)
     # attempts that asked for a room (ConnectRoom): only they, and all of them, disconnect it
     _rooms: set[int] = attrs.Factory(set)
+    # What a reconnect must send: the monitor's own account of what the user set.
+    _replay: InitialState = attrs.Factory(InitialState)
+    _override: bool | None = None
+    # The live attempt's frames awaiting an ack, oldest first (acks match the
+    # oldest of their kind, a prompt_ack the oldest with its text).
+    _awaiting_ack: list[_Sent] = attrs.Factory(list)
+    _ledger_attempt: int = 0
+    # request id -> (its attempt, how many answers it got)
+    _answers: dict[int, tuple[int, int]] = attrs.Factory(dict)
+    # the live attempt's initial-state ack: received, and whether room_info came
+    _initial_ack: SetImageAck | PromptAck | None = None
+    _initial_done: bool = False  # reported, timed out or ended by a server error
+    _room_info_seen: bool = False
+    _max_queue_wait: tuple[int, float] | None = None
 
     def step(self, event: Input | None, now: float) -> list[Output]:
         """Feed ``event`` (or the timer, when None) and check the result."""
@@ -119,8 +168,9 @@ class InvariantMonitor:
             and before_attempt is not None
             and event_attempt == before_attempt.id
         )
-        permanent = live_input and self._observe_live_input(event, before_phase)
+        permanent = live_input and self._observe_live_input(event)
         outputs = session.handle_timer(now) if event is None else session.handle(event, now)
+        self._observe_user(event)
         # Spec 6.7: input of any attempt but the live one changes nothing.
         if (
             event_attempt is not None
@@ -139,7 +189,10 @@ class InvariantMonitor:
         if before_attempt is not None and session._attempt is not before_attempt:
             self._check_closed(before_attempt.id, outputs)
         self._check_outputs(event, outputs, latest_before)
+        self._check_requests(event, live_input, before_attempt, outputs)
         self._check_deadlines()
+        self._check_required_deadlines()
+        self._check_connected(event, live_input, outputs)
         self._check_pending_has_deadline()
         self._check_initial_frames(outputs)
         if (
@@ -167,7 +220,7 @@ class InvariantMonitor:
                 )
         return outputs
 
-    def _observe_live_input(self, event: Input | None, phase: Phase) -> bool:
+    def _observe_live_input(self, event: Input | None) -> bool:
         """Notes an ack frame for the live attempt; returns whether ``event``
         fails the attempt with a permanent text (spec 6.3: an error frame
         before connected, a close reason, an open failure)."""
@@ -178,11 +231,8 @@ class InvariantMonitor:
             message = parse_server_frame(event.frame, self.session.config.max_frame_bytes)
             if isinstance(message, SetImageAck | PromptAck):
                 self._acks_received.add(event.attempt)
-            return (
-                isinstance(message, Error)
-                and phase not in LIVE_PHASES
-                and is_permanent(message.error)
-            )
+            # Spec 6.3: a permanent error ends the session, connected or not.
+            return isinstance(message, Error) and is_permanent(message.error)
         return False
 
     def _check_permanent(self, outputs: Sequence[Output]) -> None:
@@ -314,10 +364,8 @@ class InvariantMonitor:
         if join.purpose is not FramePurpose.JOIN or join.send != 1:
             raise InvariantViolation(name, "the first frame of an attempt is not the join")
         passthrough = json.loads(join.frame)["passthrough"]
-        if (
-            passthrough != (not self.session.replay_state.has_reference)
-            and self.session._passthrough_override is None
-        ):
+        expected = (not self._replay.has_reference) if self._override is None else self._override
+        if passthrough != expected:
             raise InvariantViolation(name, f"passthrough={passthrough} for the given initial state")
         following = sends[1:]
         if passthrough and following:
@@ -332,6 +380,218 @@ class InvariantMonitor:
             if outputs[position + 1] is not following[0]:
                 raise InvariantViolation(
                     name, "something came between the join and the initial-state frame"
+                )
+            # Spec 4.4: what the user last set, not what the first connect carried.
+            wanted = self._replay.frame()
+            if wanted is not None and json.loads(following[0].frame) != json.loads(encode(wanted)):
+                raise InvariantViolation(
+                    "replay_holds_what_the_user_last_set",
+                    f"attempt {join.attempt} sent an initial state other than the last one set",
+                )
+
+    # ---- the user's side: what a reconnect must replay ----------------------------------
+
+    def _observe_user(self, event: Input | None) -> None:
+        """Spec 4.4, restated: a connect sets the replay state, an accepted
+        runtime request updates it (only reached when the engine took it)."""
+        if isinstance(event, Connect):
+            self._replay, self._override = event.initial, event.passthrough
+        elif isinstance(event, ChangePrompt):
+            self._replay = attrs.evolve(
+                self._replay, prompt=event.prompt, enhance_prompt=event.enhance_prompt
+            )
+        elif isinstance(event, ChangeImage):
+            self._replay = attrs.evolve(
+                self._replay,
+                image_data=event.image_data,
+                image_ref=event.image_ref,
+                prompt=self._replay.prompt if event.prompt is None else event.prompt,
+                enhance_prompt=(
+                    self._replay.enhance_prompt
+                    if event.enhance_prompt is None
+                    else event.enhance_prompt
+                ),
+            )
+
+    # ---- requests: every one answered once, acks matched oldest first ---------------------
+
+    def _check_requests(
+        self,
+        event: Input | None,
+        live_input: bool,
+        before: object,
+        outputs: Sequence[Output],
+    ) -> None:
+        session = self.session
+        answers = [o for o in outputs if isinstance(o, RequestAcked | RequestFailed)]
+        expected: set[int] | None = None  # the requests this step must answer, if known
+        if live_input and isinstance(event, FrameReceived):
+            message = parse_server_frame(event.frame, session.config.max_frame_bytes)
+            if isinstance(message, SetImageAck | PromptAck):
+                expected = self._match_ack(message, outputs)
+            elif isinstance(message, Error) and session.phase in LIVE_PHASES:
+                self._initial_done = True  # the waits it ended absorb their late acks
+        elif live_input and isinstance(event, SendFailed):
+            lost = [s for s in self._awaiting_ack if s.send == event.send]
+            for sent in lost:  # it never reached the server: no ack will come
+                self._awaiting_ack.remove(sent)
+            expected = {
+                s.request for s in lost if s.request is not None and not self._answers[s.request][1]
+            }
+        for answer in answers:
+            attempt, count = self._answers.get(answer.request, (answer.attempt, 0))
+            if count or attempt != answer.attempt or answer.request not in self._answers:
+                raise InvariantViolation(
+                    "every_request_answered_once",
+                    f"request {answer.request} answered again or never sent: {answer!r}",
+                )
+            self._answers[answer.request] = (attempt, 1)
+        # An attempt that ended in this step answers all it had: checked at its end.
+        ended = session._attempt is not before
+        if not ended and expected is not None and {a.request for a in answers} != expected:
+            raise InvariantViolation(
+                "request_ack_matches_oldest_pending",
+                f"{type(event).__name__} answered {sorted(a.request for a in answers)}, "
+                f"expected {sorted(expected)}",
+            )
+        if any(
+            isinstance(o, ErrorOccurred) and o.kind is ErrorKind.INITIAL_STATE_TIMEOUT
+            for o in outputs
+        ):
+            self._initial_done = True
+        if session._attempt is not before or session.latest_attempt != self._ledger_attempt:
+            self._end_ledger()
+        if session._attempt is not None and session.latest_attempt != self._ledger_attempt:
+            self._ledger_attempt = session.latest_attempt
+        self._note_sends(event, outputs)
+        self._check_initial_ack(event, live_input, outputs)
+
+    def _note_sends(self, event: Input | None, outputs: Sequence[Output]) -> None:
+        for output in outputs:
+            if not isinstance(output, SendFrame) or output.purpose is FramePurpose.JOIN:
+                continue
+            frame = json.loads(output.frame)
+            request: RequestId | None = None
+            if output.purpose is FramePurpose.REQUEST:
+                assert isinstance(event, ChangePrompt | ChangeImage)
+                request = event.request
+                self._answers[request] = (output.attempt, 0)
+            self._awaiting_ack.append(
+                _Sent(frame["type"], frame.get("prompt"), request, output.send)
+            )
+
+    def _match_ack(self, ack: SetImageAck | PromptAck, outputs: Sequence[Output]) -> set[int]:
+        """Which request this ack must answer (none for the initial state's,
+        a tombstone's or an unmatched one), per the shadow's queue."""
+        for sent in self._awaiting_ack:
+            if (isinstance(ack, SetImageAck) and sent.kind == "set_image") or (
+                isinstance(ack, PromptAck) and sent.kind == "prompt" and sent.text == ack.prompt
+            ):
+                self._awaiting_ack.remove(sent)
+                if sent.request is None:
+                    self._initial_ack = ack
+                    return set()
+                if self._answers[sent.request][1]:
+                    return set()  # timed out or failed already: its late ack is absorbed
+                wanted = RequestAcked if ack.success else RequestFailed
+                if not any(isinstance(o, wanted) for o in outputs):
+                    raise InvariantViolation(
+                        "request_ack_matches_oldest_pending",
+                        f"the ack of request {sent.request} did not give {wanted.__name__}",
+                    )
+                return {sent.request}
+        return set()
+
+    def _end_ledger(self) -> None:
+        """The attempt ended: every request it sent has had exactly one answer."""
+        for request, (attempt, count) in self._answers.items():
+            if attempt == self._ledger_attempt and count != 1:
+                raise InvariantViolation(
+                    "every_request_answered_once",
+                    f"request {request} of ended attempt {attempt} got {count} answers",
+                )
+        self._answers = {r: v for r, v in self._answers.items() if v[0] != self._ledger_attempt}
+        self._awaiting_ack = []
+        self._initial_ack, self._initial_done, self._room_info_seen = None, False, False
+        self._max_queue_wait = None
+
+    def _check_initial_ack(
+        self, event: Input | None, live_input: bool, outputs: Sequence[Output]
+    ) -> None:
+        """The initial state's ack is reported once, as it says: when it
+        arrives if room_info came first, else when room_info claims it."""
+        name = "every_initial_ack_reported_once"
+        reports = [
+            o
+            for o in outputs
+            if isinstance(o, InitialStateAcked)
+            or (isinstance(o, ErrorOccurred) and o.kind is ErrorKind.INITIAL_STATE_REJECTED)
+        ]
+        room_info_now = (
+            live_input
+            and isinstance(event, FrameReceived)
+            and any(isinstance(o, ConnectRoom) for o in outputs)
+        )
+        self._room_info_seen = self._room_info_seen or room_info_now
+        ack = self._initial_ack
+        due = ack is not None and self._room_info_seen and not self._initial_done
+        if not due:
+            if reports:
+                raise InvariantViolation(
+                    name, f"an initial-state report with no ack due: {reports}"
+                )
+            return
+        assert ack is not None
+        wanted = InitialStateAcked if ack.success else ErrorOccurred
+        if len(reports) != 1 or not isinstance(reports[0], wanted):
+            raise InvariantViolation(
+                name, f"the initial state's ack (success={ack.success}) gave {reports}"
+            )
+        self._initial_done = True
+
+    # ---- deadlines that must run, and the connected state ----------------------------------
+
+    def _check_required_deadlines(self) -> None:
+        session = self.session
+        armed = set(session.deadlines())
+        required = set(_REQUIRED_DEADLINES.get(session.phase, ()))
+        timeouts = session.config.timeouts
+        if session.phase is Phase.QUEUED:
+            if timeouts.queue_silence is not None:
+                required.add("queue_silence")
+            if timeouts.max_queue_wait is not None:
+                required.add("max_queue_wait")
+        if session.ack_watch is AckWatch.WATCHING:
+            required.add("initial_state_ack")
+        if not required <= armed:
+            raise InvariantViolation(
+                "every_phase_arms_its_deadlines",
+                f"{sorted(required - armed)} not armed while {session.phase.value}",
+            )
+        wait = session.deadlines().get("max_queue_wait")
+        if wait is not None:
+            if self._max_queue_wait is not None and self._max_queue_wait != (
+                session.latest_attempt,
+                wait,
+            ):
+                raise InvariantViolation(
+                    "max_queue_wait_armed_once", "the maximum queue wait was armed again"
+                )
+            self._max_queue_wait = (session.latest_attempt, wait)
+
+    def _check_connected(
+        self, event: Input | None, live_input: bool, outputs: Sequence[Output]
+    ) -> None:
+        for output in outputs:
+            if (
+                isinstance(output, StateChanged)
+                and output.state is ConnectionState.CONNECTED
+                and output.previous is not ConnectionState.GENERATING
+                and not (live_input and isinstance(event, TracksPublished))
+            ):
+                raise InvariantViolation(
+                    "connected_only_after_tracks_published",
+                    f"connected on {type(event).__name__}, before the tracks were published",
                 )
 
 

@@ -66,11 +66,19 @@ Choice: TypeAlias = tuple[str, ...]
 API_KEY: Final = "checker-key"
 RIVAL: Final = 0  # the admission key of the other client; attempts are 1, 2, …
 IMAGE_AND_PROMPT: Final = InitialState(image_data="aW1n", prompt="a cat")
+PROMPT_ONLY: Final = InitialState(prompt="a cat")
 PASSTHROUGH: Final = InitialState()
-CONNECTS: Final = {"image+prompt": IMAGE_AND_PROMPT, "passthrough": PASSTHROUGH}
-NEW_PROMPT: Final = "a dog"
+CONNECTS: Final = {
+    "image+prompt": IMAGE_AND_PROMPT,
+    "prompt": PROMPT_ONLY,
+    "passthrough": PASSTHROUGH,
+}
+# Runtime prompts, in turn: the first repeats the initial prompt's text, so a
+# prompt_ack must be told apart by order, not by text alone.
+RUNTIME_PROMPTS: Final = ("a cat", "a dog")
 PERMANENT_REASON: Final = "HTTP 401 Unauthorized"
 SERVER_ERROR: Final = encode(Error("overloaded"))
+PERMANENT_SERVER_ERROR: Final = encode(Error("invalid api key"))
 TRANSIENT_REASON: Final = "connection refused"
 
 DEFAULT_CONFIG: Final = SessionConfig(
@@ -92,7 +100,8 @@ class Bounds:
 
     max_faults: int = 2  # fault choices per run
     max_connects: int = 2  # user connects per run (a reconnect after a disconnect)
-    set_prompt: bool = True  # one runtime set_prompt while connected
+    set_prompt: bool = True  # runtime set_prompt while connected
+    max_prompts: int = 1  # how many, per run
     rival: bool = True  # another client holds the only slot at first
     max_stale: int = 2  # late inputs kept from the newest superseded attempt
 
@@ -222,7 +231,7 @@ def choices(world: World, model: Model) -> list[Choice]:
     moves: list[Choice] = []
     if phase is Phase.DISCONNECTED and world.connects < bounds.max_connects:
         moves.extend(("connect", name) for name in CONNECTS)
-    if phase in LIVE_PHASES and bounds.set_prompt and world.prompts == 0:
+    if phase in LIVE_PHASES and bounds.set_prompt and world.prompts < bounds.max_prompts:
         moves.append(("set_prompt",))
     link = world.link
     if link is not None:
@@ -249,6 +258,8 @@ def choices(world: World, model: Model) -> list[Choice]:
             if server_open:
                 moves.append(("server_shutdown",))
                 moves.append(("server_error",))
+                if phase in LIVE_PHASES:  # a permanent one ends even a connected session
+                    moves.append(("server_error", "permanent"))
             if link.room is Room.CONNECTING:
                 moves.append(("room_connect_failed",))
             elif link.room is Room.PUBLISHING:

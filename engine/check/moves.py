@@ -76,9 +76,10 @@ from .model import (
     CONNECTS,
     FAULTS,
     LINK,
-    NEW_PROMPT,
     PERMANENT_REASON,
+    PERMANENT_SERVER_ERROR,
     RIVAL,
+    RUNTIME_PROMPTS,
     SERVER_ERROR,
     TRANSIENT_REASON,
     Choice,
@@ -119,7 +120,8 @@ def step(world: World, choice: Choice, model: Model, record: Record | None = Non
         move.feed(Connect(CONNECTS[choice[1]]))
     elif name == "set_prompt":
         world.prompts += 1
-        move.feed(ChangePrompt(RequestId(world.prompts), NEW_PROMPT))
+        text = RUNTIME_PROMPTS[(world.prompts - 1) % len(RUNTIME_PROMPTS)]
+        move.feed(ChangePrompt(RequestId(world.prompts), text))
     elif name == "disconnect":
         move.feed(Disconnect())
     elif name == "deliver_stale":
@@ -188,7 +190,9 @@ class _Move:
             self.serve(link, Shutdown())
         elif name == "server_error":
             # What the server's error_at knob does: an error frame, the socket stays.
-            link.s2c.append(SERVER_ERROR)
+            link.s2c.append(
+                PERMANENT_SERVER_ERROR if choice[1:] == ("permanent",) else SERVER_ERROR
+            )
         elif name == "video_arrives":
             # Only once the client's tracks are published, so after the
             # ClientPublishing its PublishTracks gave: never from in_room.

@@ -34,7 +34,9 @@ from leanjoin.adapters.server.echo_model import (
     output_bands,
     prompt_colour,
 )
+from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.client.outputs import ErrorOccurred, Event, GenerationTicked, InitialStateAcked
+from leanjoin.engine.server.knobs import ServerKnobs
 
 FIRST_PROMPT: Final = "a lighthouse at dusk, watercolour"
 SECOND_PROMPT: Final = "the same lighthouse in a snowstorm"
@@ -134,10 +136,6 @@ async def run_demo(
     on_step: Callable[[Step], None] | None = None,
 ) -> DemoResult:
     """Run the demo; returns its steps and the contact sheet's path."""
-    # Imported here: the server is only needed by the demo, not by the client API.
-    from leanjoin.adapters.server.reference import ReferenceServer
-    from leanjoin.engine.server.knobs import ServerKnobs
-
     start = anyio.current_time()
     steps: list[Step] = []
     errors: list[str] = []

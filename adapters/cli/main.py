@@ -1,4 +1,9 @@
-"""The ``leanjoin`` command line: ``connect``, ``demo`` and ``serve``.
+"""The ``leanjoin`` command line: ``connect``, ``demo``, ``serve``, ``check``, ``diagrams``.
+
+``connect`` needs only the client. ``serve`` and ``demo`` need the server stack
+(``pip install 'leanjoin[server]'``); without it they fail with one line saying
+so. Subcommands in their own modules are imported only when looked up, so
+``leanjoin connect`` never imports the server stack.
 
 Exit status: 0 on success, 1 with a one-line reason on failure, 2 on misuse
 (click). The api key comes from ``LEANJOIN_API_KEY`` only and is never printed.
@@ -8,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import anyio.to_thread
@@ -32,6 +39,16 @@ from leanjoin.engine.client.outputs import ErrorOccurred, Event
 from .display import StatusView, describe, event_json
 
 API_KEY_ENV: Final = "LEANJOIN_API_KEY"
+SERVER_EXTRA: Final = "pip install 'leanjoin[server]'"
+
+# Subcommands in their own modules ("module:attribute"), imported when looked up.
+LAZY_COMMANDS: Final[Mapping[str, str]] = {
+    "check": "leanjoin.adapters.cli.check:check",
+    "diagrams": "leanjoin.adapters.cli.diagrams:diagrams",
+    "serve": "leanjoin.adapters.cli.serve:serve",
+}
+# Subcommands that import the server stack (the `server` extra).
+SERVER_COMMANDS: Final = frozenset({"serve", "demo"})
 
 
 def _configure_logging(verbose: int) -> None:
@@ -48,7 +65,60 @@ def _fail(reason: str) -> None:
     sys.exit(1)
 
 
-@click.group()
+def _missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
+    """The one-line reason when ``exc`` is a third-party module of the server
+    stack that is not installed; None when it is one of ours (a bug: re-raise)."""
+    missing = exc.name or ""
+    if command not in SERVER_COMMANDS or missing.partition(".")[0] in ("", "leanjoin"):
+        return None
+    return (
+        f"`leanjoin {command}` needs the server extra ({missing} is not installed): {SERVER_EXTRA}"
+    )
+
+
+def _unavailable(name: str, reason: str) -> click.Command:
+    """A stand-in for a command whose module cannot be imported: ``leanjoin --help``
+    lists it with the fix; run with any arguments (``--help`` too), it fails in one line."""
+    return click.Command(
+        name,
+        callback=lambda: _fail(reason),
+        help=reason,
+        short_help=f"(not installed: {SERVER_EXTRA})",
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when the subcommand is looked
+    up (click's documented lazy-loading pattern); ``lazy`` maps names to
+    ``"module:attribute"``."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attribute = self.lazy[cmd_name].partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            reason = _missing_extra(cmd_name, exc)
+            if reason is None:
+                raise
+            return _unavailable(cmd_name, reason)
+        command = getattr(module, attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """Realtime lean-join client: connect to a model, or run the local demo."""
@@ -222,7 +292,14 @@ async def _save_frames(session: Session, directory: Path) -> None:
 @click.option("--codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True)
 def demo_command(out: Path, codec: str) -> None:
     """Run the reference server in-process, connect, change the prompt, check the pixels."""
-    from .demo import DemoFailed, Step, run_demo
+    try:
+        from .demo import DemoFailed, Step, run_demo
+    except ModuleNotFoundError as exc:
+        reason = _missing_extra("demo", exc)
+        if reason is None:
+            raise
+        _fail(reason)
+        return
 
     console = Console()
     console.print("[bold]leanjoin demo[/bold]: reference server + echo model + real LiveKit client")
@@ -258,17 +335,6 @@ def demo_command(out: Path, codec: str) -> None:
         console.print(f"[yellow]error event:[/yellow] {error}", highlight=False)
     console.print(f"contact sheet: {result.sheet}", highlight=False)
     console.print("[bold green]demo passed[/bold green]")
-
-
-# ---- the other commands -------------------------------------------------------------------
-
-from .check import check  # noqa: E402 - registered on the group defined above
-from .diagrams import diagrams  # noqa: E402
-from .serve import serve  # noqa: E402
-
-main.add_command(serve)
-main.add_command(check)
-main.add_command(diagrams)
 
 
 def entry() -> None:

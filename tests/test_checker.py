@@ -7,17 +7,35 @@ replays through ``leanjoin.engine.check.trace.replay``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import attrs
 import pytest
-from transitions import EventData
+from mutants import (
+    CARRY_BOUNDS,
+    NO_RIVAL,
+    Patch,
+    ack_deadline_armed_at_join,
+    connect_deadline_not_resumed_after_a_queue,
+    connected_before_tracks_are_published,
+    connected_waits_for_the_ack,
+    early_ack_claimed_silently,
+    early_ack_dropped,
+    finding_1_initial_state_send_failure_ignored,
+    finding_2_ack_deadline_outlives_its_attempt,
+    finding_2_buffered_ack_claimed_by_the_next_attempt,
+    media_deadline_never_armed,
+    permanent_error_retried,
+    permanent_failure_while_connected_reconnects,
+    request_send_failure_never_answered,
+    room_info_deadline_kept_while_queued,
+    room_left_behind_while_connecting,
+    server_repeats_room_info,
+    stale_attempt_input_not_dropped,
+    two_errors_for_one_failure,
+)
 
 from leanjoin.adapters.cli.check import check, save_trace
 from leanjoin.adapters.cli.check_parallel import explore_parallel
-from leanjoin.engine.check import trace as trace_module
 from leanjoin.engine.check.explore import (
     LIVENESS,
     TARGETS,
@@ -41,20 +59,11 @@ from leanjoin.engine.check.moves import (
 )
 from leanjoin.engine.check.report import counterexample
 from leanjoin.engine.check.trace import replay
-from leanjoin.engine.client import session as client_module
-from leanjoin.engine.client.ack_watch import AckWatch
-from leanjoin.engine.client.attempt import Deadline
-from leanjoin.engine.client.config import SessionConfig
-from leanjoin.engine.client.inputs import Input, SendFailed, TracksPublished
-from leanjoin.engine.client.outputs import ErrorKind, ErrorOccurred, Output
-from leanjoin.engine.client.session import ClientSession, Phase
-from leanjoin.engine.messages import PromptAck, SetImageAck
 from leanjoin.engine.server import session as server_module
 from leanjoin.engine.server.events import ClientVideoArrived, SessionPhase
 from leanjoin.engine.server.session import ServerSession
 
 SMALL = Bounds(max_faults=2, max_connects=2, rival=True)
-NO_RIVAL = Bounds(max_faults=2, max_connects=2, rival=False)
 
 
 def test_a_small_exhaustive_run_passes_and_reaches_every_target() -> None:
@@ -134,203 +143,7 @@ def test_every_invariant_has_one_name() -> None:
     assert LIVENESS in NAMES and len(set(NAMES)) == len(NAMES)
 
 
-# ---- mutants: each reintroduces one bug; the checker must catch it ----------------------
-
-Patch = Callable[[pytest.MonkeyPatch], Model | None]
-
-
-def finding_1_initial_state_send_failure_ignored(mp: pytest.MonkeyPatch) -> None:
-    """Seed review finding 1: a failed initial-state send is ignored and the
-    attempt goes on to connect."""
-    original = client_module._HANDLERS[SendFailed]
-
-    def on_send_failed(self: ClientSession, result: SendFailed) -> None:
-        attempt = self._attempt
-        if attempt is not None and result.send == attempt.initial_send:
-            return
-        original(self, result)
-
-    mp.setitem(client_module._HANDLERS, SendFailed, on_send_failed)
-
-
-class SessionLevelAckDeadline(ClientSession):
-    """Seed review finding 2: the initial-state ack deadline kept at session
-    level (not in the attempt record), so teardown does not clear it."""
-
-    __slots__ = ("_ack_deadline",)
-
-    def __init__(self, config: SessionConfig) -> None:
-        super().__init__(config)
-        self._ack_deadline: float | None = None
-
-    def _watch(self, trigger: str, ack: SetImageAck | PromptAck | None = None) -> None:
-        super()._watch(trigger, ack)
-        watch = self._live().ack_watch
-        if watch.deadline is not None:  # just armed: kept here instead
-            self._ack_deadline, watch.deadline = watch.deadline, None
-        elif watch.phase is not AckWatch.WATCHING:
-            self._ack_deadline = None
-
-    def get_timer(self) -> float | None:
-        best, mine = super().get_timer(), self._ack_deadline
-        return mine if best is None or (mine is not None and mine < best) else best
-
-    def deadlines(self) -> dict[str, float]:
-        armed = super().deadlines()
-        if self._ack_deadline is not None:
-            armed["initial_state_ack"] = self._ack_deadline
-        return armed
-
-    def handle_timer(self, now: float) -> list[Output]:
-        if self._ack_deadline is not None and self._ack_deadline <= now:
-            self._ack_deadline = None
-            kind = ErrorKind.INITIAL_STATE_TIMEOUT
-            self._emit(ErrorOccurred(self._last_attempt, kind, "no ack", fatal=False))
-        return super().handle_timer(now)
-
-
-def finding_2_ack_deadline_outlives_its_attempt(mp: pytest.MonkeyPatch) -> Model:
-    mp.setattr(trace_module, "ClientSession", SessionLevelAckDeadline)  # for replay
-    return Model(bounds=NO_RIVAL, client_factory=SessionLevelAckDeadline)
-
-
-class BufferedAckCarriedOver(ClientSession):
-    """Seed review finding 2, the other way: an ack buffered before room_info
-    outlives its attempt and is claimed by the next one."""
-
-    __slots__ = ("_carried",)
-
-    def __init__(self, config: SessionConfig) -> None:
-        super().__init__(config)
-        self._carried: SetImageAck | PromptAck | None = None
-
-    def _end_attempt(self, event: EventData) -> None:
-        attempt = self._attempt
-        if attempt is not None and attempt.ack_watch.phase is AckWatch.BUFFERED:
-            self._carried = attempt.ack_watch.buffered
-        super()._end_attempt(event)
-
-    def _send_join(self, event: EventData) -> None:
-        super()._send_join(event)
-        watch = self._live().ack_watch
-        if self._carried is not None and watch.phase is AckWatch.AWAITING:
-            watch.phase, watch.buffered = AckWatch.BUFFERED, self._carried
-            self._carried = None
-
-
-# An early ack needs a queue wait, a retry and the rival gone: deep, so the
-# bounds are cut to what the path needs.
-CARRY_BOUNDS = Bounds(max_faults=1, max_connects=1, set_prompt=False, rival=True, max_stale=0)
-
-
-def finding_2_buffered_ack_claimed_by_the_next_attempt(mp: pytest.MonkeyPatch) -> Model:
-    mp.setattr(trace_module, "ClientSession", BufferedAckCarriedOver)  # for replay
-    return Model(bounds=CARRY_BOUNDS, client_factory=BufferedAckCarriedOver)
-
-
-def ack_deadline_armed_at_join(mp: pytest.MonkeyPatch) -> None:
-    original = ClientSession._send_join
-
-    def send_join(self: ClientSession, event: EventData) -> None:
-        original(self, event)
-        watch = self._live().ack_watch
-        if watch.phase is AckWatch.AWAITING:
-            watch.phase = AckWatch.WATCHING
-            watch.deadline = self._now + self.config.timeouts.initial_state_ack
-
-    mp.setattr(ClientSession, "_send_join", send_join)
-
-
-def stale_attempt_input_not_dropped(mp: pytest.MonkeyPatch) -> None:
-    original = ClientSession.handle
-
-    def handle(self: ClientSession, event: Input, now: float) -> list[Output]:
-        attempt = getattr(event, "attempt", None)
-        if attempt is not None and self._attempt is not None and attempt != self._attempt.id:
-            stale: Any = event  # any transport result: all carry an attempt
-            event = attrs.evolve(stale, attempt=self._attempt.id)
-        return original(self, event, now)
-
-    mp.setattr(ClientSession, "handle", handle)
-
-
-def room_info_deadline_kept_while_queued(mp: pytest.MonkeyPatch) -> None:
-    original = ClientSession._note_queue_position
-
-    def note_queue_position(self: ClientSession, event: EventData) -> None:
-        original(self, event)
-        timeout = self.config.timeouts.room_info
-        self._live().deadlines[Deadline.ROOM_INFO] = self._now + timeout
-
-    mp.setattr(ClientSession, "_note_queue_position", note_queue_position)
-
-
-def two_errors_for_one_failure(mp: pytest.MonkeyPatch) -> None:
-    original = ClientSession._report_fatal
-
-    def report_fatal(self: ClientSession, event: EventData) -> None:
-        lost = ErrorOccurred(self._last_attempt, ErrorKind.CONNECTION_LOST, "lost", fatal=False)
-        self._emit(lost)
-        original(self, event)
-
-    mp.setattr(ClientSession, "_report_fatal", report_fatal)
-
-
-def permanent_error_retried(mp: pytest.MonkeyPatch) -> None:
-    """A case-sensitive marker match: 'HTTP 401 Unauthorized' keeps '401' but
-    the engine's check is bypassed altogether here."""
-    mp.setattr(ClientSession, "_is_permanent", lambda self, text: False)
-
-
-def connected_waits_for_the_ack(mp: pytest.MonkeyPatch) -> None:
-    original = client_module._HANDLERS[TracksPublished]
-
-    def on_tracks_published(self: ClientSession, result: TracksPublished) -> None:
-        attempt = self._attempt
-        if attempt is not None and attempt.ack_watch.phase in (
-            AckWatch.AWAITING,
-            AckWatch.WATCHING,
-        ):
-            return  # waits for the initial-state ack before showing connected
-        original(self, result)
-
-    mp.setitem(client_module._HANDLERS, TracksPublished, on_tracks_published)
-
-
-def media_deadline_never_armed(mp: pytest.MonkeyPatch) -> None:
-    original = ClientSession._connect_room
-
-    def connect_room(self: ClientSession, event: EventData) -> None:
-        original(self, event)
-        self._live().deadlines.pop(Deadline.MEDIA, None)
-
-    mp.setattr(ClientSession, "_connect_room", connect_room)
-
-
-def room_left_behind_while_connecting(mp: pytest.MonkeyPatch) -> None:
-    """'Nothing to disconnect, it never connected': a room whose connect is
-    still pending when the attempt ends is not disconnected (spec 6.6)."""
-    original = ClientSession._end_attempt
-
-    def end_attempt(self: ClientSession, event: EventData) -> None:
-        attempt = self._attempt
-        if attempt is not None and self.phase is Phase.ROOM_CONNECTING:
-            attempt.room_requested = False
-        original(self, event)
-
-    mp.setattr(ClientSession, "_end_attempt", end_attempt)
-
-
-def server_repeats_room_info(mp: pytest.MonkeyPatch) -> None:
-    """A server-side bug: the composition catches the server engine too."""
-    original = ServerSession._send_room_info
-
-    def send_room_info(self: ServerSession, event: EventData) -> None:
-        original(self, event)
-        original(self, event)
-
-    mp.setattr(ServerSession, "_send_room_info", send_room_info)
-
+# ---- mutants (tests/mutants.py): each reintroduces one bug; the checker must catch it -------
 
 # mutant, bounds, depth, the invariant it must break, the shortest counterexample's length
 MUTANTS: list[tuple[Patch, Bounds, int, str, int]] = [
@@ -346,6 +159,12 @@ MUTANTS: list[tuple[Patch, Bounds, int, str, int]] = [
     (media_deadline_never_armed, NO_RIVAL, 5, "every_phase_arms_its_deadlines", 4),
     (room_left_behind_while_connecting, NO_RIVAL, 6, "every_ended_attempt_is_closed", 5),
     (server_repeats_room_info, NO_RIVAL, 6, SERVER_NEVER_SURPRISES_THE_CLIENT, 5),
+    (connect_deadline_not_resumed_after_a_queue, SMALL, 5, "every_phase_arms_its_deadlines", 5),
+    (permanent_failure_while_connected_reconnects, NO_RIVAL, 8, "permanent_failure_is_not_retried", 8),
+    (connected_before_tracks_are_published, NO_RIVAL, 5, "connected_only_after_tracks_published", 5),
+    (request_send_failure_never_answered, NO_RIVAL, 8, "request_ack_matches_oldest_pending", 8),
+    (early_ack_claimed_silently, CARRY_BOUNDS, 8, "every_initial_ack_reported_once", 8),
+    (early_ack_dropped, CARRY_BOUNDS, 8, "every_initial_ack_reported_once", 8),
 ]  # fmt: skip
 
 

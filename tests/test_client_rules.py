@@ -531,3 +531,56 @@ def test_idle_session_is_small() -> None:
     # The config is shared by every session of a client; measure the session's own state.
     size = asizeof.asizeof(session) - asizeof.asizeof(session.config)
     assert size < 10_000, size
+
+
+# ---- what the user sees of requests, replays and permanent failures (issue #12) ------------
+
+
+def test_rule7_a_runtime_prompt_ack_is_never_taken_for_the_initial_prompts() -> None:
+    """The initial prompt's ack is matched by its text: a runtime prompt's ack
+    answers the runtime prompt even while the initial one is still watched."""
+    script = Script()
+    script.to_connected(InitialState(prompt="a cat"))
+    assert script.session.ack_watch is AckWatch.WATCHING
+    script.feed(ChangePrompt(RequestId(1), "a dog"))
+    out = script.server(type="prompt_ack", prompt="a dog", success=True)
+    assert of_type(out, RequestAcked) == [RequestAcked(script.attempt, RequestId(1))]
+    assert of_type(out, InitialStateAcked) == []
+    out = script.server(type="prompt_ack", prompt="a cat", success=True)
+    assert of_type(out, InitialStateAcked) == [InitialStateAcked(script.attempt)]
+
+
+def test_rule7_a_runtime_image_is_what_a_reconnect_replays() -> None:
+    script = Script()
+    script.to_connected(IMAGE_AND_PROMPT)
+    script.feed(ChangeImage(RequestId(1), image_data="bmV3"))
+    script.server(type="set_image_ack", success=True)  # the initial state's
+    script.server(type="set_image_ack", success=True)  # the runtime image's
+    script.feed(SocketClosed(script.attempt, 1006, "lost"))
+    frames = sends(script.feed(SocketOpened(script.attempt)))
+    assert json.loads(frames[1].frame)["image_data"] == "bmV3"
+
+
+def test_rule7_a_request_whose_send_fails_is_answered_once() -> None:
+    """`await set_prompt()` must end: a failed send answers its request."""
+    script = Script()
+    script.to_connected()
+    (sent,) = sends(script.feed(ChangePrompt(RequestId(1), "a dog")))
+    out = script.feed(SendFailed(script.attempt, sent.send, "broken pipe"))
+    (failed,) = of_type(out, RequestFailed)
+    assert (failed.request, failed.kind) == (RequestId(1), ErrorKind.SEND_FAILED)
+    assert script.session.state is ConnectionState.CONNECTED
+    # Its ack can no longer come; one that does matches nothing and answers nothing.
+    assert (
+        of_type(script.server(type="prompt_ack", prompt="a dog", success=True), RequestAcked) == []
+    )
+
+
+def test_rule7_a_permanent_failure_ends_even_a_connected_session() -> None:
+    script = Script()
+    script.to_connected()
+    out = script.server(type="error", error="Invalid API key")
+    (error,) = of_type(out, ErrorOccurred)
+    assert error.fatal and error.kind is ErrorKind.SERVER_ERROR
+    assert of_type(out, RetryScheduled) == [] and of_type(out, OpenSocket) == []
+    assert script.session.state is ConnectionState.DISCONNECTED

@@ -75,7 +75,7 @@ from leanjoin.engine.client.inputs import (
 )
 from leanjoin.engine.client.outputs import FramePurpose, OpenSocket, SendFrame
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.livekit]
 
 T = TypeVar("T")
 API_KEY = "sk-test-5ecret-key"

@@ -51,7 +51,7 @@ from leanjoin.adapters.server.echo_model import (
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.server.knobs import FaultPhase, ServerKnobs
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.livekit]
 
 LEANJOIN = Path(sys.executable).parent / "leanjoin"
 REFERENCE = np.full((48, 64, 3), (180, 70, 150), dtype=np.uint8)

@@ -63,7 +63,7 @@ from leanjoin.engine.client.inputs import ChangePrompt, RequestId
 from leanjoin.engine.client.outputs import ErrorKind
 from leanjoin.engine.server.knobs import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.livekit]
 
 MATRIX: Final = Path(__file__).resolve().parents[1] / "specs" / "fault-matrix.md"
 SETTLE: Final = 0.4  # seconds of quiet after the expected events, to catch stray ones

@@ -28,6 +28,9 @@ from leanjoin.adapters.server.echo_model import echo_transform, mean_colour, pro
 from leanjoin.adapters.server.lkdouble import LiveKitDouble, RoomHandle, ice, sdp
 
 Frame = npt.NDArray[np.uint8]
+# The real LiveKit client runs here: a process of its own (tests/run_suite.py).
+pytestmark = pytest.mark.livekit
+
 MODEL = "inference-server-echo"
 TOLERANCE = 24
 WIDTH, HEIGHT = 320, 240

@@ -59,7 +59,7 @@ from leanjoin.engine.client.session import ClientSession
 from leanjoin.engine.server.knobs import FaultPhase, ServerKnobs
 from leanjoin.engine.server.session import ServerSession
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.livekit]
 
 LEANJOIN: Final = Path(sys.executable).parent / "leanjoin"
 # Characters that URL encoding changes, so both spellings are looked for.

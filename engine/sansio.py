@@ -14,10 +14,20 @@ import enum
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
-from transitions import Machine
+from transitions import EventData, Machine
 
 OutputT = TypeVar("OutputT")
 DueT = TypeVar("DueT")
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """A peer's text cut to a size fit for an event or a log line."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def trigger_arg(event: EventData) -> Any:
+    """The single argument a trigger was fired with."""
+    return next(iter(event.args))
 
 
 class UsageError(Exception):

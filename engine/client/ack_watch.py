@@ -29,6 +29,7 @@ import attrs
 from transitions import EventData
 
 from ..messages import Prompt, PromptAck, SetImage, SetImageAck
+from ..sansio import clip
 from ..table import Row, build_machine, sources_by_trigger
 from .inputs import AttemptId
 from .outputs import ErrorKind, ErrorOccurred, InitialStateAcked, Output
@@ -80,10 +81,6 @@ def _now(event: EventData) -> float:
 def _ack(event: EventData) -> SetImageAck | PromptAck | None:
     ack: SetImageAck | PromptAck | None = event.args[1]  # type: ignore[index]
     return ack
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @attrs.define(slots=True)
@@ -157,7 +154,7 @@ class InitialStateWatch:
             ErrorOccurred(
                 self.attempt,
                 ErrorKind.INITIAL_STATE_REJECTED,
-                f"the server rejected the initial state: {_clip(reason)}",
+                f"the server rejected the initial state: {clip(reason)}",
                 fatal=False,
             )
         )

@@ -53,7 +53,7 @@ from ..messages import (
     SetImage,
     SetImageAck,
 )
-from ..sansio import SansIOEngine, UsageError
+from ..sansio import SansIOEngine, UsageError, clip, trigger_arg
 from ..table import Row, build_machine, sources_by_trigger
 from .ack_watch import AckWatch, InitialStateWatch
 from .attempt import Attempt, Deadline, PendingRequest
@@ -187,15 +187,6 @@ def subscribe_token(room_name: str) -> str:
     return base64.b64encode(
         json.dumps({"room_name": room_name}, separators=(",", ":")).encode()
     ).decode()
-
-
-def _arg(event: EventData) -> Any:
-    """The single argument a trigger was fired with."""
-    return next(iter(event.args))
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @attrs.frozen
@@ -360,7 +351,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
             self._user_state = state
 
     def _begin_connect(self, event: EventData) -> None:
-        command: Connect = _arg(event)
+        command: Connect = trigger_arg(event)
         self._initial = command.initial
         self._passthrough_override = command.passthrough
         self._retries = 0
@@ -412,7 +403,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
         attempt.deadlines[Deadline.ROOM_INFO] = self._now + self.config.timeouts.room_info
 
     def _note_queue_position(self, event: EventData) -> None:
-        message: QueuePosition = _arg(event)
+        message: QueuePosition = trigger_arg(event)
         attempt = self._live()
         timeouts = self.config.timeouts
         attempt.deadlines.pop(Deadline.ROOM_INFO, None)  # a queued user may wait minutes
@@ -426,7 +417,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
         self._emit(QueuePositionChanged(attempt.id, message.position, message.queue_size))
 
     def _connect_room(self, event: EventData) -> None:
-        info: LiveKitRoomInfo = _arg(event)
+        info: LiveKitRoomInfo = trigger_arg(event)
         attempt = self._live()
         attempt.room_info = info
         attempt.deadlines.pop(Deadline.ROOM_INFO, None)
@@ -478,7 +469,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
             )
 
     def _schedule_retry(self, event: EventData) -> None:
-        failure: _Failure = _arg(event)
+        failure: _Failure = trigger_arg(event)
         self._retries += 1
         delay = self.config.retry.delay(self._retries)
         self._retry_deadline = self._now + delay
@@ -487,7 +478,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
         )
 
     def _report_fatal(self, event: EventData) -> None:
-        failure: _Failure = _arg(event)
+        failure: _Failure = trigger_arg(event)
         self._connect_deadline = None
         self._connect_paused = None
         self._retry_deadline = None
@@ -525,9 +516,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
         else:
             reason = ack.error if isinstance(ack.error, str) else "no reason given"
             self._emit(
-                RequestFailed(
-                    attempt.id, pending.request, ErrorKind.REQUEST_REJECTED, _clip(reason)
-                )
+                RequestFailed(attempt.id, pending.request, ErrorKind.REQUEST_REJECTED, clip(reason))
             )
 
     # ---- deadlines ---------------------------------------------------------------------
@@ -677,14 +666,14 @@ class ClientSession(SansIOEngine[Output, _Due]):
             raise UsageError("SocketOpenFailed after SocketOpened")
         self._fail(
             ErrorKind.SOCKET_OPEN_FAILED,
-            f"socket open failed: {_clip(result.reason)}",
+            f"socket open failed: {clip(result.reason)}",
             permanent=self._is_permanent(result.reason),
         )
 
     def _on_socket_closed(self, result: SocketClosed) -> None:
         self._fail(
             ErrorKind.SOCKET_CLOSED,
-            f"socket closed (code {result.code}): {_clip(result.reason) or 'no reason'}",
+            f"socket closed (code {result.code}): {clip(result.reason) or 'no reason'}",
             permanent=self._is_permanent(result.reason),
         )
 
@@ -694,7 +683,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
             # Without its join or initial state the server would wait forever:
             # this attempt must not go on to connect (seed review finding 1).
             what = "join" if result.send == attempt.join_send else "initial-state frame"
-            self._fail(ErrorKind.SEND_FAILED, f"could not send the {what}: {_clip(result.reason)}")
+            self._fail(ErrorKind.SEND_FAILED, f"could not send the {what}: {clip(result.reason)}")
             return
         request = attempt.request_sends.get(result.send)
         if request is None:
@@ -703,7 +692,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
             if pending.request == request:
                 del attempt.requests[index]
                 if not pending.expired:
-                    message = f"could not send: {_clip(result.reason)}"
+                    message = f"could not send: {clip(result.reason)}"
                     self._emit(RequestFailed(attempt.id, request, ErrorKind.SEND_FAILED, message))
                 break
 
@@ -733,7 +722,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
             self._unexpected(f"livekit_room_info while {self.phase.value}")
 
     def _on_server_error(self, message: Error) -> None:
-        text = f"server error: {_clip(message.error)}"
+        text = f"server error: {clip(message.error)}"
         permanent = self._is_permanent(message.error)
         if permanent or not self._can("server_error"):
             self._fail(ErrorKind.SERVER_ERROR, text, permanent=permanent)
@@ -744,7 +733,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
         # Connected: one error event; the waits it fails end without another.
         # They stay as tombstones, so that acks still on their way are absorbed
         # rather than reported as unexpected or taken for newer requests.
-        text: str = _arg(event)
+        text: str = trigger_arg(event)
         attempt = self._live()
         self._emit(ErrorOccurred(attempt.id, ErrorKind.SERVER_ERROR, text, fatal=False))
         self._watch("server_error")
@@ -777,7 +766,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
             self._unexpected("generation_ended before livekit_room_info")
             return
         self._fire("generation_ended")
-        self._emit(GenerationStopped(self._live().id, message.seconds, _clip(message.reason)))
+        self._emit(GenerationStopped(self._live().id, message.seconds, clip(message.reason)))
 
     def _require_room(self, what: str) -> Attempt:
         attempt = self._live()
@@ -797,7 +786,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
             raise UsageError("RoomConnectFailed after RoomConnected")
         self._fail(
             ErrorKind.MEDIA_FAILED,
-            f"room connect failed: {_clip(result.reason)}",
+            f"room connect failed: {clip(result.reason)}",
             permanent=self._is_permanent(result.reason),
         )
 
@@ -813,7 +802,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
         self._require_room("PublishFailed")
         if not self._can("tracks_published"):  # the publish is no longer awaited
             raise UsageError("PublishFailed without PublishTracks")
-        self._fail(ErrorKind.MEDIA_FAILED, f"publish failed: {_clip(result.reason)}")
+        self._fail(ErrorKind.MEDIA_FAILED, f"publish failed: {clip(result.reason)}")
 
     def _on_remote_track(self, result: RemoteTrackReceived) -> None:
         attempt = self._require_room("RemoteTrackReceived")
@@ -822,7 +811,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
 
     def _on_room_disconnected(self, result: RoomDisconnected) -> None:
         self._require_room("RoomDisconnected")
-        self._fail(ErrorKind.ROOM_LOST, f"room disconnected: {_clip(result.reason)}")
+        self._fail(ErrorKind.ROOM_LOST, f"room disconnected: {clip(result.reason)}")
 
 
 _HANDLERS: Final[dict[type, Callable[[ClientSession, Any], None]]] = {

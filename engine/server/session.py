@@ -53,7 +53,7 @@ from ..messages import (
     SetImage,
     SetImageAck,
 )
-from ..sansio import SansIOEngine, UsageError
+from ..sansio import SansIOEngine, UsageError, clip, trigger_arg
 from ..table import Row, build_machine, sources_by_trigger
 from .events import (
     ClientPublishing,
@@ -166,14 +166,6 @@ class _Closing:
     code: int
     reason: str
     error: str | None  # sent as an error frame first, if set
-
-
-def _arg(event: EventData) -> Any:
-    return next(iter(event.args))
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
@@ -309,7 +301,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
     def _phase_detail(self) -> str:
         phase = self.phase
         if phase is P.AWAITING_JOIN:
-            return f"model {_clip(self._model or '-', 64)!r}"
+            return f"model {clip(self._model or '-', 64)!r}"
         if phase is P.JOINED:
             return f"{self._join_kind}, passthrough={str(self._passthrough).lower()}"
         if phase is P.QUEUED:
@@ -325,11 +317,11 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         return ""
 
     def _accept_open(self, event: EventData) -> None:
-        opened: Opened = _arg(event)
+        opened: Opened = trigger_arg(event)
         self._model = opened.model
 
     def _accept_join(self, event: EventData) -> None:
-        join: LiveKitJoin = _arg(event)
+        join: LiveKitJoin = trigger_arg(event)
         if join.initial_state is not ABSENT:
             # The bundled join of an earlier design: its state counts as the initial frame.
             initial = bundled_initial(join.initial_state)
@@ -356,7 +348,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         self._emit(RequestSlot())
 
     def _send_queue_position(self, event: EventData) -> None:
-        moved: QueueMoved = _arg(event)
+        moved: QueueMoved = trigger_arg(event)
         self._queue = (moved.position, moved.queue_size)
         self._send(QueuePosition(moved.position, moved.queue_size))
 
@@ -367,7 +359,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
             self._create_room()
 
     def _send_room_info(self, event: EventData) -> None:
-        room: RoomReady = _arg(event)
+        room: RoomReady = trigger_arg(event)
         self._room = room
         self._send(LiveKitRoomInfo(room.livekit_url, room.token, room.room_name, room.session_id))
 
@@ -378,7 +370,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         self._configure_model()
 
     def _end_connection(self, event: EventData) -> None:
-        closing: _Closing = _arg(event)
+        closing: _Closing = trigger_arg(event)
         self._closing = closing.reason
         if closing.error is not None:
             self._send(Error(closing.error))
@@ -387,8 +379,8 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         self._emit(CloseConnection(closing.code, closing.reason))
 
     def _note_peer_closed(self, event: EventData) -> None:
-        closed: PeerClosed = _arg(event)
-        why = _clip(closed.reason, 80) or "no reason"
+        closed: PeerClosed = trigger_arg(event)
+        why = clip(closed.reason, 80) or "no reason"
         self._closing = f"client closed the connection ({closed.code}: {why})"
 
     def _release(self, _event: EventData) -> None:
@@ -604,7 +596,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         self._fire("peer_closed", closed)
 
     def _on_shutdown(self, shutdown: Shutdown) -> None:
-        self._close(CLOSE_GOING_AWAY, _clip(shutdown.reason))
+        self._close(CLOSE_GOING_AWAY, clip(shutdown.reason))
 
     def _require_waiting(self, what: str) -> None:
         if not self._can("admit"):
@@ -621,7 +613,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
     def _on_queue_full(self, full: QueueFull) -> None:
         self._require_waiting("QueueFull")
         self._slot = False  # never got a place, so there is none to give back
-        self._close(CLOSE_TRY_LATER, "server at capacity", _clip(full.reason))
+        self._close(CLOSE_TRY_LATER, "server at capacity", clip(full.reason))
 
     def _require_room_request(self, what: str) -> None:
         if not self._room_requested:
@@ -637,7 +629,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         self._require_room_request("RoomFailed")
         if not self._can("room_ready"):  # the room is no longer awaited
             raise UsageError("RoomFailed after RoomReady")
-        problem = f"could not prepare a room: {_clip(failed.reason)}"
+        problem = f"could not prepare a room: {clip(failed.reason)}"
         self._close(CLOSE_INTERNAL, "room unavailable", problem)
 
     def _require_room(self, what: str) -> None:
@@ -673,7 +665,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
 
     def _on_undecodable(self, failed: ReferenceUndecodable) -> None:
         self._decoding(failed.request, "ReferenceUndecodable")
-        self._finish(f"reference image is not a decodable image ({_clip(failed.reason, 120)})")
+        self._finish(f"reference image is not a decodable image ({clip(failed.reason, 120)})")
         self._advance_work()
 
 

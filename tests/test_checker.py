@@ -46,6 +46,7 @@ from leanjoin.engine.check.explore import (
 )
 from leanjoin.engine.check.invariants import NAMES
 from leanjoin.engine.check.model import (
+    QUEUE_CAPPED,
     Bounds,
     Model,
     Room,
@@ -110,6 +111,31 @@ def test_the_server_hears_of_the_publication_before_the_video(
         step(world, choice, model)
     assert world.link is not None and world.link.server is not None
     assert (world.link.room, world.link.server.phase) == (Room.PUBLISHING, SessionPhase.PUBLISHING)
+
+
+def test_a_capped_queue_wait_gives_up_and_breaks_nothing() -> None:
+    """The user's maximum queue wait (shorter than the queue's silence here)
+    ends a queued session once, permanently, with every invariant holding."""
+    result = explore(Model(config=QUEUE_CAPPED, bounds=SMALL), depth=8)
+    assert result.violation is None
+    assert "queue_wait_capped" in result.reached
+
+
+def test_two_runtime_prompts_are_explored() -> None:
+    """Two runtime prompts, the first repeating the initial prompt's text, are
+    sent and acked: the monitor's request ledger checks that each ack answers
+    its own request (request_ack_matches_oldest_pending) along the path, and
+    the exploration around it holds every invariant."""
+    model = Model(bounds=Bounds(max_faults=0, max_connects=1, rival=False))
+    assert explore(model, depth=12).violation is None
+    world = initial_world(model)
+    path: list[tuple[str, ...]] = [("connect", "prompt"), ("socket_opened",)]
+    path += [("deliver_c2s",)] * 2 + [("deliver_s2c",)] * 2  # join, prompt; room_info, ack
+    path += [("room_connected",), ("tracks_published",), ("set_prompt",), ("set_prompt",)]
+    path += [("deliver_c2s",)] * 2 + [("deliver_s2c",)] * 2  # both prompts, both acks
+    for choice in path:
+        step(world, choice, model)
+    assert world.prompts == 2 and world.link is not None and not world.link.s2c
 
 
 def test_two_workers_explore_the_same_space() -> None:

@@ -89,6 +89,9 @@ DEFAULT_CONFIG: Final = SessionConfig(
     # Two retries keep "retries exhausted" within a small fault budget.
     retry=RetryPolicy(max_retries=2),
 )
+# The user's own bound on queueing, shorter than the queue's silence deadline
+# so that it is the one that fires: explored as a model of its own.
+QUEUE_CAPPED: Final = attrs.evolve(DEFAULT_CONFIG, timeouts=Timeouts(max_queue_wait=45.0))
 # Capacity 1; ticks rarer than every client deadline, so that a step of the
 # clock reaches the client's deadlines instead of the next tick.
 DEFAULT_KNOBS: Final = ServerKnobs(capacity=1, tick_interval=45.0)
@@ -101,7 +104,7 @@ class Bounds:
     max_faults: int = 2  # fault choices per run
     max_connects: int = 2  # user connects per run (a reconnect after a disconnect)
     set_prompt: bool = True  # runtime set_prompt while connected
-    max_prompts: int = 1  # how many, per run
+    max_prompts: int = 2  # how many, per run (the second with another text)
     rival: bool = True  # another client holds the only slot at first
     max_stale: int = 2  # late inputs kept from the newest superseded attempt
 

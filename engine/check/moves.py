@@ -260,6 +260,8 @@ class _Move:
             self.labels.add("retrying")
         if any(isinstance(o, ErrorOccurred) and o.fatal for o in outputs):
             self.labels.add("gave_up")
+        if any(isinstance(o, ErrorOccurred) and o.kind is ErrorKind.QUEUE_TIMEOUT for o in outputs):
+            self.labels.add("queue_wait_capped")
 
     def client_effect(self, output: Output) -> None:
         world = self.world

@@ -12,6 +12,13 @@ from leanjoin.adapters.client.errors import (
     UnsupportedImageSource,
 )
 from leanjoin.adapters.client.images import image_to_base64
+from leanjoin.adapters.client.models import (
+    ModelDefinition,
+    ModelDeprecationWarning,
+    UnknownModelError,
+    is_realtime_model,
+    list_models,
+)
 from leanjoin.adapters.client.room_transport import MediaOptions
 from leanjoin.adapters.client.video_sources import (
     ArraySource,
@@ -56,6 +63,8 @@ __all__ = [
     "LeanJoinError",
     "MediaOptions",
     "Milestone",
+    "ModelDefinition",
+    "ModelDeprecationWarning",
     "NotConnectedError",
     "QueuePositionChanged",
     "RemoteStream",
@@ -73,9 +82,12 @@ __all__ = [
     "StateChanged",
     "TestPattern",
     "Timeouts",
+    "UnknownModelError",
     "UnsupportedImageSource",
     "UsageError",
     "VideoSource",
     "connect",
     "image_to_base64",
+    "is_realtime_model",
+    "list_models",
 ]

@@ -1089,13 +1089,13 @@ async def test_session_closed_after_exit(lk: LiveKitDouble) -> None:
 def test_bad_arguments_fail_before_anything_opens() -> None:
     async def main() -> None:
         with pytest.raises(ValueError):
-            async with connect("http://127.0.0.1:1/v1/stream", api_key="k", model="m"):
+            async with connect("http://127.0.0.1:1/v1/stream", api_key="k", model="echo"):
                 pass
         with pytest.raises(UnsupportedImageSource):
             async with connect(
                 "ws://127.0.0.1:1/v1/stream",
                 api_key="k",
-                model="m",
+                model="echo",
                 image="https://x.invalid/a.png",
             ):
                 pass

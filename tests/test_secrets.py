@@ -407,7 +407,7 @@ async def test_a_self_signed_wss_server_is_refused_by_default(tmp_path: Path) ->
         events: list[Event] = []
         args: dict[str, Callable[[Event], None] | str | RetryPolicy] = {
             "api_key": API_KEY,
-            "model": "m",
+            "model": "echo",
             "retry": RetryPolicy(max_retries=0),
             "on_event": events.append,
         }

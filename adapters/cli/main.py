@@ -31,6 +31,7 @@ from rich.table import Table
 from leanjoin.adapters.client.api import Session, connect
 from leanjoin.adapters.client.errors import LeanJoinError
 from leanjoin.adapters.client.images import image_to_base64
+from leanjoin.adapters.client.models import ModelDefinition, UnknownModelError, resolve_model
 from leanjoin.adapters.client.png import write_png
 from leanjoin.adapters.client.room_transport import MediaOptions
 from leanjoin.adapters.client.video_sources import FileSource, TestPattern, VideoSource
@@ -130,7 +131,12 @@ def main(verbose: int) -> None:
 
 @main.command("connect")
 @click.argument("url")
-@click.option("--model", required=True, help="Model name sent in the socket URL.")
+@click.option(
+    "--model",
+    required=True,
+    help="Model name sent in the socket URL: a realtime model (lucy-2.5, ...) or echo "
+    "(the reference server's). Sets the test pattern's size and rate.",
+)
 @click.option(
     "--image",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -150,7 +156,9 @@ def main(verbose: int) -> None:
     help="Publish this video file (looped) instead of the test pattern.",
 )
 @click.option("--codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True)
-@click.option("--fps", type=click.FloatRange(min=1, max=60), default=30.0, show_default=True)
+@click.option(
+    "--fps", type=click.FloatRange(min=1, max=60), help="Camera frame rate [default: the model's]."
+)
 @click.option(
     "--max-bitrate", type=click.IntRange(min=100_000), default=3_500_000, show_default=True
 )
@@ -164,7 +172,7 @@ def connect_command(
     save_frames: Path | None,
     video: Path | None,
     codec: str,
-    fps: float,
+    fps: float | None,
     max_bitrate: int,
 ) -> None:
     """Connect to the stream endpoint URL (ws://host:port/v1/stream) and show events."""
@@ -172,9 +180,16 @@ def connect_command(
     if not api_key:
         raise click.UsageError(f"set the api key in the environment variable {API_KEY_ENV}")
     try:
+        definition = resolve_model(model)
+    except UnknownModelError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--model'") from None
+    fps = definition.fps if fps is None else fps
+    try:
         image_data = None if image is None else image_to_base64(image)
         camera: VideoSource = (
-            FileSource(video, fps=fps) if video is not None else TestPattern(640, 360, fps=fps)
+            FileSource(video, fps=fps)
+            if video is not None
+            else TestPattern(definition.width, definition.height, fps=fps)
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -183,7 +198,7 @@ def connect_command(
     )
     runner = _ConnectRun(as_json=as_json, seconds=seconds, save_frames=save_frames)
     try:
-        reason = anyio.run(runner.run, url, api_key, model, image_data, prompt, camera, media)
+        reason = anyio.run(runner.run, url, api_key, definition, image_data, prompt, camera, media)
     except KeyboardInterrupt:
         reason = None  # the user ended the session: a normal end
     except ValueError as exc:  # a bad URL, caught by the configuration
@@ -218,7 +233,7 @@ class _ConnectRun:
         self,
         url: str,
         api_key: str,
-        model: str,
+        model: ModelDefinition,
         image_data: str | None,
         prompt: str | None,
         camera: VideoSource,

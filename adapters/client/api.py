@@ -61,6 +61,7 @@ from .errors import (
 )
 from .fanout import Fanout
 from .images import ImageInput, image_to_base64
+from .models import ModelDefinition, resolve_model
 from .room_transport import CameraFeed, MediaOptions
 from .video_sources import Frame, TestPattern, VideoSource
 from .ws_transport import SocketOptions
@@ -101,12 +102,14 @@ class Session:
         self,
         config: SessionConfig,
         *,
+        model: ModelDefinition,
         camera: VideoSource,
         media: MediaOptions,
         socket: SocketOptions,
         on_event: EventCallback | None,
     ) -> None:
         self._config = config
+        self._model = model
         self._camera = CameraFeed(camera)
         self._on_event_callback = on_event
         self._engine = ClientSession(config)
@@ -143,6 +146,11 @@ class Session:
     @property
     def state(self) -> ConnectionState:
         return self._state
+
+    @property
+    def model(self) -> ModelDefinition:
+        """The model this session streams with (its name, size and rate)."""
+        return self._model
 
     @property
     def session_id(self) -> str | None:
@@ -329,7 +337,7 @@ async def connect(
     url: str,
     *,
     api_key: str,
-    model: str,
+    model: str | ModelDefinition,
     image: ImageInput | None = None,
     prompt: str | None = None,
     enhance_prompt: bool | None = None,
@@ -350,17 +358,21 @@ async def connect(
 
     ``url`` is the stream endpoint (``ws://host:port/v1/stream``). ``image`` and
     ``prompt`` form the initial state (``passthrough`` is derived from them unless
-    given). ``camera`` defaults to a moving test pattern. Raises
-    :class:`ConnectFailed` when the engine gives up, ``ValueError`` for bad
-    arguments (``ImageError`` for images) before anything is opened.
+    given). ``model`` is a name of the registry (:func:`~leanjoin.adapters.client.models.list_models`,
+    or ``echo`` for the reference server) or a :class:`ModelDefinition` for any
+    other model. ``camera`` defaults to a moving test pattern of the model's
+    size and frame rate. Raises :class:`ConnectFailed` when the engine gives
+    up, ``ValueError`` for bad arguments (``UnknownModelError`` for a model
+    name, ``ImageError`` for images) before anything is opened.
     """
+    definition = resolve_model(model)
     timeouts = timeouts if timeouts is not None else Timeouts()
     socket = socket if socket is not None else SocketOptions(open_timeout=timeouts.socket_open)
     capabilities = ABSENT if frame_timing is None else ClientCapabilities(frame_timing=frame_timing)
     config = SessionConfig(
         url=url,
         api_key=api_key,
-        model=model,
+        model=definition.name,
         resolution=resolution,
         speed=speed,
         user_agent=user_agent,
@@ -373,9 +385,12 @@ async def connect(
         prompt=prompt,
         enhance_prompt=enhance_prompt,
     )
+    if camera is None:
+        camera = TestPattern(definition.width, definition.height, fps=definition.fps)
     session = Session(
         config,
-        camera=camera if camera is not None else TestPattern(),
+        model=definition,
+        camera=camera,
         media=media if media is not None else MediaOptions(),
         socket=socket,
         on_event=on_event,

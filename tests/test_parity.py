@@ -1,0 +1,102 @@
+"""Parity with the official clients (issue #14), against the real ReferenceServer
+(in-process, on 127.0.0.1) and its LiveKit double, joined by the real
+``livekit.rtc.Room``: what a session sends on the wire and what the server
+makes of it. Every wait is bounded; no speed is asserted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from client_helpers import WAIT, server_idle
+
+from leanjoin.adapters import (
+    ModelDefinition,
+    RetryPolicy,
+    Session,
+    Timeouts,
+    connect,
+)
+from leanjoin.adapters.server.reference import ReferenceServer
+from leanjoin.engine.server.knobs import ServerKnobs
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.livekit]
+
+SERVER_LOG = "leanjoin.server"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ReferenceServer]:
+    async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
+        yield running
+
+
+def bounded(server: ReferenceServer) -> dict[str, Any]:
+    return {
+        "api_key": server.api_key,
+        "timeouts": Timeouts(socket_open=5, room_info=5, media=15),
+        "retry": RetryPolicy(max_retries=2, initial_delay=0.05, max_delay=0.2),
+    }
+
+
+async def first_output_size(session: Session) -> tuple[int, int]:
+    """Width and height of the first output frame."""
+    with anyio.fail_after(WAIT):
+        async for frame in session.frames():
+            return frame.shape[1], frame.shape[0]
+    raise AssertionError("the session ended before any output frame")
+
+
+def scaled_from(size: tuple[int, int], width: int, height: int) -> bool:
+    """The size is width x height, or WebRTC's scaled-down start of it (its
+    bandwidth estimate ramps up over seconds): the same shape, no larger."""
+    return size[0] * height == size[1] * width and size[0] <= width
+
+
+# ---- the model registry (spec §1.6) --------------------------------------------------------
+
+
+async def test_the_default_camera_takes_the_models_size_and_rate(
+    server: ReferenceServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=SERVER_LOG)
+    async with connect(server.url, model="lucy-2.1", prompt="wide", **bounded(server)) as session:
+        camera = session.camera
+        assert (camera.width, camera.height, camera.fps) == (1088, 624, 30)
+        # The echo model answers in the size it was sent: the size crossed the wire.
+        assert scaled_from(await first_output_size(session), 1088, 624)
+        room = session.room_name
+    assert "model 'lucy-2.1'" in caplog.text
+    await server_idle(server, room)
+
+
+async def test_a_custom_definition_names_any_model_with_its_own_size(
+    server: ReferenceServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=SERVER_LOG)
+    custom = ModelDefinition("my-local-model", 320, 240, fps=15)
+    async with connect(server.url, model=custom, prompt="small", **bounded(server)) as session:
+        assert session.model is custom
+        assert scaled_from(await first_output_size(session), 320, 240)
+        room = session.room_name
+    assert "model 'my-local-model'" in caplog.text
+    await server_idle(server, room)
+
+
+async def test_the_reference_servers_model_keeps_its_name_and_a_small_camera(
+    server: ReferenceServer,
+) -> None:
+    async with connect(server.url, model="echo", **bounded(server)) as session:
+        assert session.model.kind == "local"
+        assert scaled_from(await first_output_size(session), 640, 360)
+        room = session.room_name
+    await server_idle(server, room)

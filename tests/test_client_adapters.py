@@ -74,6 +74,7 @@ from leanjoin.engine.client.inputs import (
     SocketOpenFailed,
 )
 from leanjoin.engine.client.outputs import FramePurpose, OpenSocket, SendFrame
+from leanjoin.engine.codec import Base64Text
 
 pytestmark = [pytest.mark.anyio, pytest.mark.livekit]
 
@@ -511,6 +512,26 @@ def test_images_become_plain_base64(tmp_path: Path) -> None:
     assert image_to_base64(base64.urlsafe_b64encode(png).decode().rstrip("=")) == expected
     array = np.full((8, 8, 3), 90, dtype=np.uint8)
     assert np.array_equal(decode_reference(base64.b64decode(image_to_base64(array))), array)
+
+
+def test_an_image_is_converted_once_and_small_pngs_never_pass_for_paths(tmp_path: Path) -> None:
+    # Issue #14: the CLI's base64 went through image_to_base64 again and was tried
+    # as a file path; about 1 in 20 small PNGs has a '/'-separated run of more than
+    # 255 characters, and the OS refused it ("File name too long", content quoted).
+    rng = np.random.default_rng(14)
+    for index in range(40):
+        height, width = rng.integers(8, 40, 2)
+        png = encode_png(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        path = tmp_path / f"small-{index}.png"
+        path.write_bytes(png)
+        once = image_to_base64(path)
+        assert isinstance(once, Base64Text)
+        assert image_to_base64(once) is once  # passed through, not converted again
+        assert image_to_base64(str(once)) == once  # base64 given as plain text
+    long_run = "!" * 300 + "/" + "x" * 300
+    with pytest.raises(ImageError) as caught:
+        image_to_base64(long_run)
+    assert "!!!" not in str(caught.value) and "xxx" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -38,8 +38,14 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _WHITESPACE = re.compile(r"\s+")
 
 
-def image_to_base64(image: ImageInput, *, max_bytes: int = MAX_IMAGE_BYTES) -> str:
-    """Standard base64 (no prefix, no newlines) of the image bytes ``image`` names."""
+def image_to_base64(image: ImageInput, *, max_bytes: int = MAX_IMAGE_BYTES) -> Base64Text:
+    """Standard base64 (no prefix, no newlines) of the image bytes ``image`` names.
+
+    What this returns (a :class:`Base64Text`) is returned as it is: an image is
+    converted once, however many layers hand it on."""
+    if isinstance(image, Base64Text):
+        _check_size(len(image) // 4 * 3, max_bytes)
+        return image
     if isinstance(image, np.ndarray):
         return _encode(encode_png(image), max_bytes)
     if isinstance(image, bytes | bytearray | memoryview):
@@ -54,12 +60,26 @@ def image_to_base64(image: ImageInput, *, max_bytes: int = MAX_IMAGE_BYTES) -> s
     )
 
 
-def _encode(data: bytes, max_bytes: int) -> str:
-    if not data:
-        raise ImageError("the image is empty")
-    if len(data) > max_bytes:
-        raise ImageError(f"the image is {len(data)} bytes, more than the {max_bytes} allowed")
+def _encode(data: bytes, max_bytes: int) -> Base64Text:
+    _check_size(len(data), max_bytes)
     return Base64Text(data)
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if not size:
+        raise ImageError("the image is empty")
+    if size > max_bytes:
+        raise ImageError(f"the image is {size} bytes, more than the {max_bytes} allowed")
+
+
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names an existing file. Never raises: a text the OS
+    refuses as a path (a part over 255 bytes, a NUL) names no file, and the
+    OS's error would quote the text, which may be image data."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _read_file(path: Path, max_bytes: int) -> bytes:
@@ -78,7 +98,7 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         raise ImageError(f"cannot read image file {path}: {exc.strerror}") from None
 
 
-def _from_text(text: str, max_bytes: int) -> str:
+def _from_text(text: str, max_bytes: int) -> Base64Text:
     stripped = text.strip()
     if not stripped:
         raise ImageError("the image string is empty")
@@ -87,12 +107,12 @@ def _from_text(text: str, max_bytes: int) -> str:
     # Base64 has no ':' and paths rarely do, so a scheme-like prefix is a URL
     # unless it names an existing file (a Linux file name may contain ':').
     scheme = _SCHEME.match(stripped)
-    if scheme and len(scheme.group(1)) > 1 and not Path(stripped).is_file():
+    if scheme and len(scheme.group(1)) > 1 and not _is_file(stripped):
         raise UnsupportedImageSource(
             f"{scheme.group(1).lower()}: URLs are not fetched; pass the image bytes, "
             "a local file path, a data: URL or base64"
         )
-    if len(stripped) < 4096 and Path(stripped).is_file():
+    if len(stripped) < 4096 and _is_file(stripped):
         return _encode(_read_file(Path(stripped), max_bytes), max_bytes)
     decoded = _decode_base64(stripped)
     if decoded is None:
@@ -114,7 +134,7 @@ def _decode_base64(text: str) -> bytes | None:
     return None
 
 
-def _from_data_url(url: str, max_bytes: int) -> str:
+def _from_data_url(url: str, max_bytes: int) -> Base64Text:
     header, comma, payload = url.partition(",")
     if not comma:
         raise ImageError("malformed data: URL (no comma)")

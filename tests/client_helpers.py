@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,26 @@ from leanjoin.adapters.server.lkdouble import LiveKitDouble, RoomHandle
 from leanjoin.adapters.server.reference import ReferenceServer
 
 WAIT = 10.0  # the bound of every wait in the client tests
+LEANJOIN = Path(sys.executable).parent / "leanjoin"
+
+
+@contextmanager
+def served(api_key: str) -> Iterator[str]:
+    """``leanjoin serve`` in a process of its own; yields its stream endpoint."""
+    serve = subprocess.Popen(
+        [str(LEANJOIN), "serve", "--port", "0", "--api-key", api_key],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        url = serve.stdout.readline().rsplit(" ", 1)[-1].strip()
+        assert url.startswith("ws://127.0.0.1:"), url
+        yield url
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
 
 
 async def until(predicate: Callable[[], bool]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from click.testing import CliRunner
@@ -90,3 +91,56 @@ def test_media_failure_at_is_a_serve_option_with_its_phases_only() -> None:
     assert knobs.media_failure_at is MediaFailurePhase.CLIENT_VIDEO
     refused = CliRunner().invoke(serve, ["--media-failure-at", "queued"])
     assert refused.exit_code == 2 and "queued" in refused.output
+
+
+# ---- the socket URL (spec §1.1) ----------------------------------------------------------
+
+
+def test_socket_url_puts_extra_parameters_first_and_user_agent_last() -> None:
+    config = SessionConfig(
+        url="wss://h/v1/stream",
+        api_key="k",
+        model="lucy-2.5",
+        resolution="720p",
+        speed="fast",
+        user_agent="leanjoin/0.1.0 lang/python my-app/2 runtime/cpython/3.11.9",
+        query_params={"region": "eu west", "trace": "1"},
+    )
+    query = config.socket_url().partition("?")[2]
+    assert [pair.partition("=")[0] for pair in query.split("&")] == [
+        *("region", "trace", "api_key", "model", "resolution", "speed", "user_agent"),
+    ]
+    # Percent-encoded as JS's encodeURIComponent writes user_agent: never '+'.
+    assert "region=eu%20west" in query
+    assert query.endswith(
+        "user_agent=leanjoin%2F0.1.0%20lang%2Fpython%20my-app%2F2%20runtime%2Fcpython%2F3.11.9"
+    )
+    assert parse_qsl(query)[-1] == ("user_agent", config.user_agent)
+
+
+@pytest.mark.parametrize("name", ["api_key", "model", "resolution", "speed", "user_agent"])
+def test_extra_parameters_cannot_set_what_the_session_sets(name: str) -> None:
+    with pytest.raises(ValueError, match=f"query_params must not set '{name}'"):
+        SessionConfig(url="ws://h/v1/stream", api_key="k", model="m", query_params={name: "x"})
+
+
+def test_extra_parameters_are_strings_with_names() -> None:
+    for bad in ({"": "x"}, {"n": 1}, [("n", None)]):
+        with pytest.raises(ValueError, match="query_params takes non-empty string names"):
+            SessionConfig(url="ws://h/v1/stream", api_key="k", model="m", query_params=bad)  # type: ignore[arg-type]
+
+
+def test_the_redacted_url_hides_the_key_even_when_an_extra_parameter_repeats_it() -> None:
+    key = "sk live/&=key"
+    config = SessionConfig(
+        url="ws://h/v1/stream", api_key=key, model="m", query_params={"x_api_key": key}
+    )
+    redacted = config.redacted_socket_url()
+    assert ("api_key", "<redacted>") in parse_qsl(redacted.partition("?")[2])
+    assert ("api_key", key) in parse_qsl(config.socket_url().partition("?")[2])
+    assert redacted.count("<redacted>") == 1  # the extra parameter is not a secret
+
+
+def test_a_url_with_a_query_points_to_query_params() -> None:
+    with pytest.raises(ValueError, match="pass query_params"):
+        SessionConfig(url="ws://h/v1/stream?region=eu", api_key="k", model="m")

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,16 @@ import anyio
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from client_helpers import BAND_TOLERANCE, WAIT, frame_with_band, rooms_of, server_idle, until
+from client_helpers import (
+    BAND_TOLERANCE,
+    LEANJOIN,
+    WAIT,
+    frame_with_band,
+    rooms_of,
+    served,
+    server_idle,
+    until,
+)
 
 from leanjoin.adapters import (
     ConnectFailed,
@@ -53,7 +61,6 @@ from leanjoin.engine.server.knobs import FaultPhase, ServerKnobs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.livekit]
 
-LEANJOIN = Path(sys.executable).parent / "leanjoin"
 REFERENCE = np.full((48, 64, 3), (180, 70, 150), dtype=np.uint8)
 
 
@@ -356,16 +363,7 @@ def test_cli_demo_passes_and_writes_a_contact_sheet(tmp_path: Path) -> None:
 
 def test_cli_connect_prints_json_events_and_never_the_key(tmp_path: Path) -> None:
     key = "cli-secret-key-42"
-    serve = subprocess.Popen(
-        [str(LEANJOIN), "serve", "--port", "0", "--api-key", key],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert serve.stdout is not None
-        url = serve.stdout.readline().rsplit(" ", 1)[-1].strip()
-        assert url.startswith("ws://127.0.0.1:")
+    with served(key) as url:
         image = tmp_path / "ref.png"
         image.write_bytes(encode_png(REFERENCE))
         args = ["connect", url, "--model", "echo", "--image", str(image), "--prompt", "cli"]
@@ -384,9 +382,6 @@ def test_cli_connect_prints_json_events_and_never_the_key(tmp_path: Path) -> Non
             text=True,
             timeout=60,
         )
-    finally:
-        serve.terminate()
-        serve.wait(timeout=30)
     assert run.returncode == 0, run.stderr
     events = [json.loads(line) for line in run.stdout.splitlines()]
     names = [e["event"] for e in events]
@@ -400,9 +395,9 @@ def test_cli_connect_prints_json_events_and_never_the_key(tmp_path: Path) -> Non
 
 
 def test_cli_refuses_to_run_without_a_key() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "LEANJOIN_API_KEY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("LEANJOIN_API_KEY", "DECART_API_KEY")}
     result = CliRunner(env=env).invoke(
-        main, ["connect", "ws://127.0.0.1:9/v1/stream", "--model", "m"]
+        main, ["connect", "ws://127.0.0.1:9/v1/stream", "--model", "echo"]
     )
     assert result.exit_code == 2
-    assert "LEANJOIN_API_KEY" in result.output
+    assert "LEANJOIN_API_KEY or DECART_API_KEY" in result.output

@@ -6,13 +6,16 @@ makes of it. Every wait is bounded; no speed is asserted.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
-from client_helpers import WAIT, server_idle
+from client_helpers import LEANJOIN, WAIT, served, server_idle
 
 from leanjoin.adapters import (
     ModelDefinition,
@@ -21,6 +24,7 @@ from leanjoin.adapters import (
     Timeouts,
     connect,
 )
+from leanjoin.adapters.client.endpoint import default_user_agent
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.server.knobs import ServerKnobs
 
@@ -100,3 +104,48 @@ async def test_the_reference_servers_model_keeps_its_name_and_a_small_camera(
         assert scaled_from(await first_output_size(session), 640, 360)
         room = session.room_name
     await server_idle(server, room)
+
+
+# ---- endpoint, query, user agent, key from the environment (spec §1.1) ------------------
+
+
+async def test_a_base_url_extra_parameters_and_the_decart_key_reach_the_reference_server(
+    server: ReferenceServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger=SERVER_LOG)
+    monkeypatch.delenv("LEANJOIN_API_KEY", raising=False)
+    monkeypatch.setenv("DECART_API_KEY", server.api_key)
+    base = server.url.removesuffix("/v1/stream")
+    args = bounded(server)
+    del args["api_key"]
+    async with connect(
+        base,
+        model="echo",
+        prompt="from a base url",
+        query_params={"region": "local"},
+        integration="parity-test/1",
+        **args,
+    ) as session:
+        room = session.room_name
+    assert f"user agent {default_user_agent('parity-test/1')!r}" in caplog.text
+    assert server.api_key not in caplog.text
+    await server_idle(server, room)
+
+
+def test_cli_connects_to_a_base_url_with_the_decart_key_only() -> None:
+    key = "parity-cli-key-7"
+    with served(key) as endpoint:
+        base = endpoint.removesuffix("/v1/stream")
+        assert base != endpoint
+        env = {k: v for k, v in os.environ.items() if k != "LEANJOIN_API_KEY"}
+        run = subprocess.run(
+            [str(LEANJOIN), "connect", base, "--model", "echo", "--json", "--seconds", "0.5"],
+            env={**env, "DECART_API_KEY": key},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 0, run.stderr
+    names = [json.loads(line)["event"] for line in run.stdout.splitlines()]
+    assert "session_started" in names
+    assert key not in run.stdout + run.stderr

@@ -6,7 +6,8 @@ so. Subcommands in their own modules are imported only when looked up, so
 ``leanjoin connect`` never imports the server stack.
 
 Exit status: 0 on success, 1 with a one-line reason on failure, 2 on misuse
-(click). The api key comes from ``LEANJOIN_API_KEY`` only and is never printed.
+(click). The api key comes from ``LEANJOIN_API_KEY`` or ``DECART_API_KEY`` only
+and is never printed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from rich.live import Live
 from rich.table import Table
 
 from leanjoin.adapters.client.api import Session, connect
+from leanjoin.adapters.client.endpoint import (
+    API_KEY_ENV_VARS,
+    api_key_from_env,
+    stream_url,
+)
 from leanjoin.adapters.client.errors import LeanJoinError
 from leanjoin.adapters.client.images import image_to_base64
 from leanjoin.adapters.client.models import ModelDefinition, UnknownModelError, resolve_model
@@ -39,7 +45,6 @@ from leanjoin.engine.client.outputs import ErrorOccurred, Event
 
 from .display import StatusView, describe, event_json
 
-API_KEY_ENV: Final = "LEANJOIN_API_KEY"
 SERVER_EXTRA: Final = "pip install 'leanjoin[server]'"
 
 # Subcommands in their own modules ("module:attribute"), imported when looked up.
@@ -130,7 +135,7 @@ def main(verbose: int) -> None:
 
 
 @main.command("connect")
-@click.argument("url")
+@click.argument("url", required=False)
 @click.option(
     "--model",
     required=True,
@@ -163,7 +168,7 @@ def main(verbose: int) -> None:
     "--max-bitrate", type=click.IntRange(min=100_000), default=3_500_000, show_default=True
 )
 def connect_command(
-    url: str,
+    url: str | None,
     model: str,
     image: Path | None,
     prompt: str | None,
@@ -175,14 +180,21 @@ def connect_command(
     fps: float | None,
     max_bitrate: int,
 ) -> None:
-    """Connect to the stream endpoint URL (ws://host:port/v1/stream) and show events."""
-    api_key = os.environ.get(API_KEY_ENV, "")
-    if not api_key:
-        raise click.UsageError(f"set the api key in the environment variable {API_KEY_ENV}")
+    """Connect to URL and show events. URL is a stream endpoint
+    (ws://host:port/v1/stream) or a base URL the model's path goes below;
+    default: wss://api3.decart.ai (the service's)."""
+    api_key = api_key_from_env()
+    if api_key is None:
+        names = " or ".join(API_KEY_ENV_VARS)
+        raise click.UsageError(f"set the api key in the environment variable {names}")
     try:
         definition = resolve_model(model)
     except UnknownModelError as exc:
         raise click.BadParameter(str(exc), param_hint="'--model'") from None
+    try:
+        url = stream_url(url, definition.path)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'URL'") from None
     fps = definition.fps if fps is None else fps
     try:
         image_data = None if image is None else image_to_base64(image)

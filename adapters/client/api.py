@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Final
 
@@ -51,6 +51,7 @@ from leanjoin.engine.client.session import ClientSession
 from leanjoin.engine.messages import ABSENT, ClientCapabilities
 
 from .driver import Driver
+from .endpoint import api_key_from_env, default_user_agent, stream_url
 from .errors import (
     ConnectFailed,
     LeanJoinError,
@@ -334,9 +335,9 @@ class Session:
 
 @asynccontextmanager
 async def connect(
-    url: str,
+    url: str | None = None,
     *,
-    api_key: str,
+    api_key: str | None = None,
     model: str | ModelDefinition,
     image: ImageInput | None = None,
     prompt: str | None = None,
@@ -349,6 +350,8 @@ async def connect(
     retry: RetryPolicy | None = None,
     resolution: str | None = None,
     speed: str | None = None,
+    query_params: Mapping[str, str] | None = None,
+    integration: str | None = None,
     user_agent: str | None = None,
     frame_timing: bool | None = None,
     on_event: EventCallback | None = None,
@@ -356,7 +359,12 @@ async def connect(
 ) -> AsyncIterator[Session]:
     """Connect a lean-join session; yields it once connected.
 
-    ``url`` is the stream endpoint (``ws://host:port/v1/stream``). ``image`` and
+    ``url`` is the stream endpoint (``ws://host:port/v1/stream``) or a base URL
+    below which the model's path goes; the default is the service's
+    (``wss://api3.decart.ai``). ``api_key`` defaults to ``LEANJOIN_API_KEY``,
+    then ``DECART_API_KEY``. ``query_params`` are sent first in the socket URL
+    (not secret: logs show them); ``user_agent`` is always sent, by default
+    ``leanjoin/<version> lang/python [integration] runtime/…``. ``image`` and
     ``prompt`` form the initial state (``passthrough`` is derived from them unless
     given). ``model`` is a name of the registry (:func:`~leanjoin.adapters.client.models.list_models`,
     or ``echo`` for the reference server) or a :class:`ModelDefinition` for any
@@ -366,16 +374,21 @@ async def connect(
     name, ``ImageError`` for images) before anything is opened.
     """
     definition = resolve_model(model)
+    if api_key is None:
+        api_key = api_key_from_env()
+        if api_key is None:
+            raise ValueError("no api key: pass api_key= or set LEANJOIN_API_KEY or DECART_API_KEY")
     timeouts = timeouts if timeouts is not None else Timeouts()
     socket = socket if socket is not None else SocketOptions(open_timeout=timeouts.socket_open)
     capabilities = ABSENT if frame_timing is None else ClientCapabilities(frame_timing=frame_timing)
     config = SessionConfig(
-        url=url,
+        url=stream_url(url, definition.path),
         api_key=api_key,
         model=definition.name,
         resolution=resolution,
         speed=speed,
-        user_agent=user_agent,
+        user_agent=user_agent if user_agent is not None else default_user_agent(integration),
+        query_params=query_params if query_params is not None else {},
         client_capabilities=capabilities,
         timeouts=timeouts,
         retry=retry if retry is not None else RetryPolicy(),

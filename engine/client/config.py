@@ -6,8 +6,9 @@ All values are plain data validated at construction (misuse raises
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Final
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import attrs
 
@@ -69,14 +70,45 @@ def _ws_url(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
         raise ValueError(f"{attribute.name} must be a ws:// or wss:// URL")
     if parts.query or parts.fragment:
         raise ValueError(
-            f"{attribute.name} must not carry a query or fragment; pass options instead"
+            f"{attribute.name} must not carry a query or fragment; pass query_params "
+            "(and api_key, model, ...) instead"
         )
+
+
+# Query names the session sets from its own options (spec §1.1).
+RESERVED_QUERY_NAMES: Final = ("api_key", "model", "resolution", "speed", "user_agent")
+
+
+def _query_pairs(
+    value: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> tuple[tuple[str, str], ...]:
+    return tuple(value.items() if isinstance(value, Mapping) else value)
+
+
+def _query_params(
+    _inst: object,
+    attribute: attrs.Attribute[tuple[tuple[str, str], ...]],
+    value: tuple[tuple[str, str], ...],
+) -> None:
+    for name, text in value:
+        if not isinstance(name, str) or not name or not isinstance(text, str):
+            raise ValueError(
+                f"{attribute.name} takes non-empty string names and string values; got the "
+                f"name {name!r} with a value of type {type(text).__name__}"
+            )
+        if name in RESERVED_QUERY_NAMES:
+            raise ValueError(
+                f"{attribute.name} must not set {name!r}: the session sets it from its own "
+                f"{name} option"
+            )
 
 
 @attrs.frozen
 class SessionConfig:
     """Everything a session needs to connect. ``url`` is the stream endpoint
-    (base URL plus model path, e.g. ``ws://127.0.0.1:8765/v1/stream``)."""
+    (base URL plus model path, e.g. ``ws://127.0.0.1:8765/v1/stream``).
+    ``query_params`` are extra query parameters, sent first (as the JS client
+    does); they are not secret (the redacted URL shows them)."""
 
     url: str = attrs.field(validator=_ws_url)
     api_key: str = attrs.field(repr=False, validator=attrs.validators.min_len(1))
@@ -86,6 +118,9 @@ class SessionConfig:
     )
     speed: str | None = None
     user_agent: str | None = None
+    query_params: tuple[tuple[str, str], ...] = attrs.field(
+        default=(), converter=_query_pairs, validator=_query_params
+    )
     client_capabilities: ClientCapabilities | Absent = ABSENT
     timeouts: Timeouts = Timeouts()
     retry: RetryPolicy = RetryPolicy()
@@ -95,26 +130,34 @@ class SessionConfig:
     _urls: tuple[str, str] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        url = self._build_socket_url()
-        redacted = url.replace(urlencode({"api_key": self.api_key}), "api_key=<redacted>", 1)
-        object.__setattr__(self, "_urls", (url, redacted))
+        # Percent-encoding (a space is %20, as JS's encodeURIComponent writes
+        # user_agent), never '+', which a strict RFC 3986 parser keeps as is.
+        extra = urlencode(self.query_params, quote_via=quote)
+        rest: list[tuple[str, str]] = [("model", self.model)]
+        if self.resolution is not None:
+            rest.append(("resolution", self.resolution))
+        if self.speed is not None:
+            rest.append(("speed", self.speed))
+        if self.user_agent is not None:
+            rest.append(("user_agent", self.user_agent))
+        tail = urlencode(rest, quote_via=quote)
+
+        def url(api_key: str) -> str:
+            return f"{self.url}?{'&'.join(p for p in (extra, api_key, tail) if p)}"
+
+        # The redacted URL is built, not searched and replaced: an extra
+        # parameter may hold the same text as the key.
+        key = urlencode({"api_key": self.api_key}, quote_via=quote)
+        urls = (url(key), url("api_key=<redacted>"))
+        object.__setattr__(self, "_urls", urls)
 
     def socket_url(self) -> str:
-        """The signaling URL: api_key and model, then options, user_agent last."""
+        """The signaling URL: extra parameters, api_key, model, then options,
+        user_agent last."""
         return self._urls[0]
 
     def redacted_socket_url(self) -> str:
         return self._urls[1]
-
-    def _build_socket_url(self) -> str:
-        query: list[tuple[str, str]] = [("api_key", self.api_key), ("model", self.model)]
-        if self.resolution is not None:
-            query.append(("resolution", self.resolution))
-        if self.speed is not None:
-            query.append(("speed", self.speed))
-        if self.user_agent is not None:
-            query.append(("user_agent", self.user_agent))
-        return f"{self.url}?{urlencode(query)}"
 
 
 def _image_size(value: str | None) -> str:

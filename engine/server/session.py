@@ -194,6 +194,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         "_started_at",
         "_tokens",
         "_tokens_at",
+        "_user_agent",
         "_work",
         "faults",
         "knobs",
@@ -215,6 +216,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         self._tokens_at = float("-inf")
         self._bad_frames = 0
         self._model: str | None = None
+        self._user_agent: str | None = None
         self._join_kind = ""
         self._passthrough = False
         self._expect_initial = False
@@ -301,7 +303,8 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
     def _phase_detail(self) -> str:
         phase = self.phase
         if phase is P.AWAITING_JOIN:
-            return f"model {clip(self._model or '-', 64)!r}"
+            agent = clip(self._user_agent or "-", 120)
+            return f"model {clip(self._model or '-', 64)!r}, user agent {agent!r}"
         if phase is P.JOINED:
             return f"{self._join_kind}, passthrough={str(self._passthrough).lower()}"
         if phase is P.QUEUED:
@@ -319,6 +322,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
     def _accept_open(self, event: EventData) -> None:
         opened: Opened = trigger_arg(event)
         self._model = opened.model
+        self._user_agent = opened.user_agent
 
     def _accept_join(self, event: EventData) -> None:
         join: LiveKitJoin = trigger_arg(event)

@@ -4,6 +4,7 @@ from leanjoin.adapters.client.api import Milestone, Session, connect
 from leanjoin.adapters.client.errors import (
     ConnectFailed,
     ImageError,
+    InvalidArgument,
     LeanJoinError,
     RequestError,
     RequestRejected,
@@ -60,6 +61,7 @@ __all__ = [
     "GenerationTicked",
     "ImageError",
     "InitialStateAcked",
+    "InvalidArgument",
     "LeanJoinError",
     "MediaOptions",
     "Milestone",

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from transitions import EventData, Machine
 
+from .errors import LeanJoinError
+
 OutputT = TypeVar("OutputT")
 DueT = TypeVar("DueT")
 
@@ -30,7 +32,7 @@ def trigger_arg(event: EventData) -> Any:
     return next(iter(event.args))
 
 
-class UsageError(Exception):
+class UsageError(LeanJoinError):
     """The local side misused an engine: a command in the wrong phase, an
     adapter result that was never asked for, time going backwards. Nothing a
     peer sends raises it."""

@@ -1126,6 +1126,32 @@ def test_bad_arguments_fail_before_anything_opens() -> None:
     anyio.run(main)
 
 
+def test_every_error_the_public_api_raises_is_a_leanjoin_error() -> None:
+    # Issue #14: NotConnectedError (and UsageError) came from the engine and were no
+    # LeanJoinError, so `except LeanJoinError` let them through.
+    import leanjoin.adapters as public
+
+    exported = [getattr(public, name) for name in public.__all__]
+    errors = [
+        obj
+        for obj in exported
+        if isinstance(obj, type) and issubclass(obj, Exception) and not issubclass(obj, Warning)
+    ]
+    assert NotConnectedError in errors and ConnectFailed in errors
+    assert [e.__name__ for e in errors if not issubclass(e, LeanJoinError)] == []
+    # What the option values and connect() refuse is one of them too.
+    for bad in (
+        lambda: Timeouts(connect=-1),
+        lambda: RetryPolicy(max_retries=-1),
+        lambda: MediaOptions(codec="av1"),  # type: ignore[arg-type]
+        lambda: MediaOptions(max_bitrate=0),
+        lambda: TestPattern(15, 15),
+    ):
+        with pytest.raises(LeanJoinError) as caught:
+            bad()
+        assert isinstance(caught.value, ValueError)  # and still a ValueError
+
+
 async def test_a_long_session_keeps_a_bounded_timeline(lk: LiveKitDouble) -> None:
     """Every request adds a milestone; hours of prompts must not grow the session."""
     async with (

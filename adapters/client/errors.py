@@ -1,7 +1,9 @@
 """Exceptions of the client API.
 
 Messages are built from the engine's typed errors, which never quote secrets
-(api key, LiveKit tokens, image data); nothing here adds any.
+(api key, LiveKit tokens, image data); nothing here adds any. Every one derives
+from :class:`LeanJoinError` (``leanjoin.engine.errors``), the engine's misuse
+errors (``UsageError``, ``NotConnectedError``) included.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 from leanjoin.engine.client.inputs import AttemptId, RequestId
 from leanjoin.engine.client.outputs import ErrorKind
 from leanjoin.engine.client.session import NotConnectedError, UsageError
+from leanjoin.engine.errors import InvalidArgument, LeanJoinError
 
 __all__ = [
     "ConnectFailed",
     "ImageError",
+    "InvalidArgument",
     "LeanJoinError",
     "NotConnectedError",
     "RequestError",
@@ -22,10 +26,6 @@ __all__ = [
     "UnsupportedImageSource",
     "UsageError",
 ]
-
-
-class LeanJoinError(Exception):
-    """Base class of every error the client API raises on purpose."""
 
 
 class ConnectFailed(LeanJoinError):
@@ -61,7 +61,7 @@ class RequestTimedOut(RequestError):
     """No ack arrived within the request-ack timeout."""
 
 
-class ImageError(LeanJoinError, ValueError):
+class ImageError(InvalidArgument):
     """An image argument could not be turned into base64 image data."""
 
 

@@ -42,6 +42,7 @@ from leanjoin.engine.client.inputs import (
     TracksPublished,
 )
 from leanjoin.engine.client.outputs import ConnectRoom
+from leanjoin.engine.validators import one_of, positive
 
 from .video_sources import Frame, VideoSource
 
@@ -62,17 +63,15 @@ _KINDS: Final[dict[int, TrackKind]] = {
 class MediaOptions:
     """How the camera is published and how long room operations may take."""
 
-    codec: Literal["h264", "vp8"] = attrs.field(
-        default="h264", validator=attrs.validators.in_(tuple(_CODECS))
-    )
-    max_bitrate: int = attrs.field(default=3_500_000, validator=attrs.validators.gt(0))
-    max_framerate: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    codec: Literal["h264", "vp8"] = attrs.field(default="h264", validator=one_of(tuple(_CODECS)))
+    max_bitrate: int = attrs.field(default=3_500_000, validator=positive)
+    max_framerate: float = attrs.field(default=30.0, validator=positive)
     # One full-quality layer: the model wants the camera as is, not a ladder.
     simulcast: bool = False
     track_name: str = "camera"
     # Bound of the shielded connect (the client retries 3 times inside, ~5 s each).
-    connect_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    disconnect_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    connect_timeout: float = attrs.field(default=30.0, validator=positive)
+    disconnect_timeout: float = attrs.field(default=5.0, validator=positive)
     # Decoded output frames buffered per remote track; older ones are dropped.
     output_buffer: int = 2
 

@@ -23,6 +23,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from leanjoin.engine.errors import InvalidArgument
+
 Frame = npt.NDArray[np.uint8]
 
 
@@ -45,13 +47,13 @@ class VideoSource(Protocol):
 def _check_size(width: int, height: int) -> None:
     # Even sizes: the encoders work on 2x2 chroma blocks.
     if width < 16 or height < 16 or width % 2 or height % 2:
-        raise ValueError(f"frame size must be even and at least 16x16, got {width}x{height}")
+        raise InvalidArgument(f"frame size must be even and at least 16x16, got {width}x{height}")
 
 
 def _check_frame(frame: npt.NDArray[np.generic]) -> Frame:
     arr = np.asarray(frame)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 RGB frame, got {arr.shape} {arr.dtype}")
+        raise InvalidArgument(f"expected an HxWx3 uint8 RGB frame, got {arr.shape} {arr.dtype}")
     return np.ascontiguousarray(arr)
 
 
@@ -99,7 +101,7 @@ class TestPattern(_Geometry):
     def __init__(self, width: int = 640, height: int = 360, fps: float = 30.0) -> None:
         _check_size(width, height)
         if not (0 < fps <= 120):
-            raise ValueError(f"fps must be in (0, 120], got {fps}")
+            raise InvalidArgument(f"fps must be in (0, 120], got {fps}")
         self._width = width
         self._height = height
         self._fps = float(fps)
@@ -176,7 +178,7 @@ class FileSource(_Geometry):
                 width, height = int(stream.width), int(stream.height)
                 rate = stream.average_rate or stream.guessed_rate
         except (av.error.FFmpegError, IndexError) as exc:
-            raise ValueError(f"no decodable video stream in {self._path}") from exc
+            raise InvalidArgument(f"no decodable video stream in {self._path}") from exc
         # Odd sizes are cropped by one pixel: encoders need even dimensions.
         self._width, self._height = width - width % 2, height - height % 2
         _check_size(self._width, self._height)

@@ -355,6 +355,51 @@ async def test_socket_open_refused_by_http_status_names_it_without_the_key() -> 
     assert API_KEY not in repr(socket)
 
 
+@pytest.mark.parametrize(
+    ("status", "permanent"),
+    # A wrong path, a bad request, a plain web server (a LiveKit URL pasted in):
+    # the same upgrade meets the same answer. Busy or broken servers may recover.
+    [
+        *((status, True) for status in (404, 400, 403, 200)),
+        *((status, False) for status in (408, 429, 500, 503)),
+    ],
+)
+async def test_an_upgrade_refusal_a_retry_cannot_change_is_permanent(
+    status: int, permanent: bool
+) -> None:
+    async def never(_peer: Peer) -> None:
+        raise AssertionError("no connection expected")
+
+    posted = Posted()
+    async with FakeSignaling(never, refuse=(status, "no\n")) as server:
+        socket = SignalSocket(open_effect(server.url), posted)
+        with anyio.fail_after(WAIT):
+            await socket.run()
+    (failed,) = posted.of(SocketOpenFailed)
+    assert f"HTTP {status}" in failed.reason
+    assert failed.permanent is permanent
+
+
+async def test_a_frame_refused_as_too_big_is_permanent() -> None:
+    """The peer closes with 1009 (message too big) part way through a fragmented frame."""
+
+    async def script(peer: Peer) -> None:
+        await peer.recv()
+
+    posted = Posted()
+    huge = json.dumps({"type": "set_image", "image_data": "A" * (2 << 20)})
+    async with FakeSignaling(script, max_size=64 * 1024) as server, anyio.create_task_group() as tg:
+        socket = SignalSocket(open_effect(server.url), posted)
+        tg.start_soon(socket.run)
+        await posted.wait_for(SocketOpened)
+        socket.send(frame(1, huge, FramePurpose.INITIAL_STATE))
+        (closed,) = await posted.wait_for(SocketClosed)
+        with anyio.fail_after(WAIT):
+            await socket.wait_done()
+    assert (closed.code, closed.permanent) == (1009, True)
+    assert all(failed.permanent for failed in posted.of(SendFailed))
+
+
 async def test_socket_open_failure_on_a_closed_port() -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)

@@ -584,3 +584,56 @@ def test_rule7_a_permanent_failure_ends_even_a_connected_session() -> None:
     assert error.fatal and error.kind is ErrorKind.SERVER_ERROR
     assert of_type(out, RetryScheduled) == [] and of_type(out, OpenSocket) == []
     assert script.session.state is ConnectionState.DISCONNECTED
+
+
+# ---- failures a retry cannot mend (issue #14) -----------------------------------------------
+
+
+@pytest.mark.parametrize("opened", [False, True])
+def test_rule7_a_failure_the_adapter_knows_is_permanent_is_not_retried(opened: bool) -> None:
+    """A 404 on the upgrade, a frame refused as too big: retrying repeats it."""
+    script = Script()
+    script.connect(IMAGE_AND_PROMPT)
+    failure: SocketOpenFailed | SocketClosed = SocketOpenFailed(
+        script.attempt, "HTTP 404: not found", permanent=True
+    )
+    if opened:
+        script.feed(SocketOpened(script.attempt))
+        failure = SocketClosed(script.attempt, 1009, "message too big", permanent=True)
+    out = script.feed(failure)
+    (error,) = of_type(out, ErrorOccurred)
+    assert error.fatal and of_type(out, RetryScheduled) == []
+    assert script.session.state is ConnectionState.DISCONNECTED
+
+
+def test_rule7_an_initial_state_refused_as_too_big_while_written_is_not_retried() -> None:
+    script = Script()
+    script.connect(IMAGE_AND_PROMPT)
+    initial = sends(script.feed(SocketOpened(script.attempt)))[1]
+    out = script.feed(SendFailed(script.attempt, initial.send, "code 1009", permanent=True))
+    (error,) = of_type(out, ErrorOccurred)
+    assert error.fatal and of_type(out, RetryScheduled) == []
+
+
+def test_rule7_a_frame_refused_as_too_large_ends_a_connect_not_a_session() -> None:
+    too_big = "frame exceeds the maximum of 1024 bytes"
+    script = Script()
+    script.to_joining(IMAGE_AND_PROMPT)
+    out = script.server(type="error", error=too_big)
+    (error,) = of_type(out, ErrorOccurred)
+    assert error.fatal and of_type(out, RetryScheduled) == []
+    # Connected, the same refusal answers a request; the session stays.
+    script = Script()
+    script.to_connected(IMAGE_AND_PROMPT)
+    script.feed(ChangeImage(RequestId(1), image_data="bmV3"))
+    out = script.server(type="error", error=too_big)
+    assert not of_type(out, ErrorOccurred)[0].fatal
+    assert of_type(out, RequestFailed)[0].request == RequestId(1)
+    assert script.session.state is ConnectionState.CONNECTED
+
+
+def test_rule7_an_unclassified_failure_is_still_retried() -> None:
+    script = Script()
+    script.connect(IMAGE_AND_PROMPT)
+    out = script.feed(SocketOpenFailed(script.attempt, "HTTP 503: try later"))
+    assert of_type(out, RetryScheduled) and of_type(out, ErrorOccurred) == []

@@ -231,10 +231,44 @@ async def test_a_failed_initial_state_send_fails_the_attempt(
         await server_idle(server)
     failures = {ErrorKind.SEND_FAILED, ErrorKind.SOCKET_CLOSED}
     assert caught.value.kind in failures
-    assert next(e.kind for e in events if isinstance(e, RetryScheduled)) in failures
+    # Refused as too big (1009): a retry would send it again (issue #14).
+    assert not any(isinstance(e, RetryScheduled) for e in events)
     assert not any(isinstance(e, SessionStarted) for e in events)
     # Never joined: the double forgets rooms, but it logs every join it serves.
     assert not [r for r in caplog.records if "joins room" in r.getMessage()]
+
+
+@pytest.mark.parametrize("mistake", ["wrong path", "livekit url", "image over the frame limit"])
+async def test_a_failure_a_retry_cannot_mend_ends_the_connect_at_once(mistake: str) -> None:
+    # Issue #14: each of these was retried for ~25 s (five retries, 1 to 8 s apart).
+    # room_info waits 1 s, so the refusal of the image comes before it.
+    knobs = ServerKnobs(max_frame_bytes=256 * 1024, room_info_delay=1.0)
+    noise = np.random.default_rng(3).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    png = encode_png(noise)
+    assert 256 * 1024 < len(png) * 4 / 3 < 2 * 256 * 1024  # refused by the engine, not 1009
+    async with ReferenceServer(host="127.0.0.1", port=0, knobs=knobs) as server:
+        events: list[Event] = []
+        args = session_args(server, events)
+        args["retry"] = RetryPolicy()  # the default policy: 1 s before the first retry
+        url = server.url
+        image = None
+        if mistake == "wrong path":
+            url = url.replace("/v1/stream", "/v2/stream")
+        elif mistake == "livekit url":
+            url = server.livekit.url
+        else:
+            image = png
+        with anyio.fail_after(WAIT), pytest.raises(ConnectFailed) as caught:
+            async with connect(url, image=image, **args):
+                raise AssertionError("must not connect")
+        await server_idle(server)
+    assert not any(isinstance(e, RetryScheduled) for e in events)
+    if mistake == "image over the frame limit":
+        assert caught.value.kind is ErrorKind.SERVER_ERROR
+        assert "exceeds the maximum" in caught.value.message
+    else:
+        assert caught.value.kind is ErrorKind.SOCKET_OPEN_FAILED
+        assert "HTTP 404" in caught.value.message
 
 
 async def test_a_server_close_during_the_join_is_retried() -> None:

@@ -41,6 +41,7 @@ from leanjoin.adapters.client.models import ModelDefinition, UnknownModelError, 
 from leanjoin.adapters.client.png import write_png
 from leanjoin.adapters.client.room_transport import MediaOptions
 from leanjoin.adapters.client.video_sources import FileSource, TestPattern, VideoSource
+from leanjoin.engine.client.config import RetryPolicy, Timeouts
 from leanjoin.engine.client.outputs import ErrorOccurred, Event
 
 from .display import StatusView, describe, event_json
@@ -167,6 +168,22 @@ def main(verbose: int) -> None:
 @click.option(
     "--max-bitrate", type=click.IntRange(min=100_000), default=3_500_000, show_default=True
 )
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=RetryPolicy().max_retries,
+    show_default=True,
+    help="Retries of a failed connect attempt (1, 2, 4, 8, then 10 s apart). Failures "
+    "no retry can mend (a bad key, a wrong URL, an image too big) are never retried.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=Timeouts().connect,
+    show_default=True,
+    help="Give up connecting after this many seconds, retries included (time spent "
+    "waiting in the server's queue is not counted).",
+)
 def connect_command(
     url: str | None,
     model: str,
@@ -179,6 +196,8 @@ def connect_command(
     codec: str,
     fps: float | None,
     max_bitrate: int,
+    retries: int,
+    timeout: float,
 ) -> None:
     """Connect to URL and show events. URL is a stream endpoint
     (ws://host:port/v1/stream) or a base URL the model's path goes below;
@@ -208,7 +227,13 @@ def connect_command(
     media = MediaOptions(
         codec="vp8" if codec == "vp8" else "h264", max_bitrate=max_bitrate, max_framerate=fps
     )
-    runner = _ConnectRun(as_json=as_json, seconds=seconds, save_frames=save_frames)
+    runner = _ConnectRun(
+        as_json=as_json,
+        seconds=seconds,
+        save_frames=save_frames,
+        retry=RetryPolicy(max_retries=retries),
+        timeouts=Timeouts(connect=timeout),
+    )
     try:
         reason = anyio.run(runner.run, url, api_key, definition, image_data, prompt, camera, media)
     except KeyboardInterrupt:
@@ -220,10 +245,20 @@ def connect_command(
 
 
 class _ConnectRun:
-    def __init__(self, *, as_json: bool, seconds: float | None, save_frames: Path | None) -> None:
+    def __init__(
+        self,
+        *,
+        as_json: bool,
+        seconds: float | None,
+        save_frames: Path | None,
+        retry: RetryPolicy,
+        timeouts: Timeouts,
+    ) -> None:
         self._json = as_json
         self._seconds = seconds
         self._save = save_frames
+        self._retry = retry
+        self._timeouts = timeouts
         self._console = Console(stderr=as_json)
         self._view = StatusView()
         self._live: Live | None = None
@@ -269,6 +304,8 @@ class _ConnectRun:
                     prompt=prompt,
                     camera=camera,
                     media=media,
+                    retry=self._retry,
+                    timeouts=self._timeouts,
                     on_event=self._on_event,
                 ) as session:
                     await self._stay(session)

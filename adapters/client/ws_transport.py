@@ -34,7 +34,8 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
 
 from leanjoin.adapters.wire_log import wire_logger
 from leanjoin.engine.client.inputs import (
@@ -57,6 +58,9 @@ USER_AGENT: Final = "leanjoin/0.1 (websockets)"
 FRAGMENT_ABOVE: Final = 1 << 20  # characters; every frame but an image is far smaller
 FRAGMENT_SIZE: Final = 1 << 18
 _ABNORMAL_CLOSURE: Final = 1006
+# Upgrade answers a retry may see change: a timeout, rate limiting, a server error.
+# Any other status (a wrong path's 404, a plain web server's 200, ...) is permanent.
+RETRYABLE_STATUS: Final = frozenset({408, 425, 429})
 
 
 @attrs.frozen
@@ -182,7 +186,7 @@ class SignalSocket:
                 logger=wire_logger(log),
             )
         except Exception as exc:
-            self._post(SocketOpenFailed(self.attempt, self._open_failure(exc)))
+            self._post(SocketOpenFailed(self.attempt, self._open_failure(exc), _is_permanent(exc)))
             return None
         self._opened = True
         if self._close_requested is not None:
@@ -213,7 +217,7 @@ class SignalSocket:
         if self._close_requested is None:
             code = ws.close_code if ws.close_code is not None else _ABNORMAL_CLOSURE
             reason = self._scrub(ws.close_reason or "")
-            self._post(SocketClosed(self.attempt, code, reason))
+            self._post(SocketClosed(self.attempt, code, reason, code == CloseCode.MESSAGE_TOO_BIG))
             self._note("socket_closed")
         # Nothing more can be read or written: end the attempt's socket task.
         serving.cancel()
@@ -224,7 +228,8 @@ class SignalSocket:
                 frame = effect.frame
                 await ws.send(_fragments(frame) if len(frame) > FRAGMENT_ABOVE else frame)
             except ConnectionClosed as exc:
-                self._post(SendFailed(self.attempt, effect.send, self._closed_reason(exc)))
+                reason = self._closed_reason(exc)
+                self._post(SendFailed(self.attempt, effect.send, reason, _is_permanent(exc)))
             except Exception as exc:  # e.g. a transport error mid-write
                 reason = self._scrub(f"{type(exc).__name__}: {exc}")
                 self._post(SendFailed(self.attempt, effect.send, reason))
@@ -273,6 +278,19 @@ class SignalSocket:
         if isinstance(exc, TimeoutError):
             return f"no WebSocket handshake within {self._options.open_timeout:g} s"
         return self._scrub(f"{type(exc).__name__}: {exc}")
+
+
+def _is_permanent(exc: Exception) -> bool:
+    """Whether a retry is bound to fail the same way (spec §6.3): the upgrade
+    refused with a status no retry changes, a URL websockets cannot use, or
+    the peer refusing a frame as too big (close code 1009)."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        return status not in RETRYABLE_STATUS and status < 500
+    if isinstance(exc, ConnectionClosed):
+        frame = exc.rcvd or exc.sent
+        return frame is not None and frame.code == CloseCode.MESSAGE_TOO_BIG
+    return isinstance(exc, InvalidURI)
 
 
 _SENT_MILESTONE: Final = {

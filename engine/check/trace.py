@@ -67,6 +67,8 @@ def config_from_record(record: Mapping[str, Any]) -> config.SessionConfig:
     fields["timeouts"] = config.Timeouts(**_fields(fields["timeouts"]))
     retry = _fields(fields["retry"])
     retry["permanent_markers"] = tuple(retry["permanent_markers"])
+    if "futile_markers" in retry:
+        retry["futile_markers"] = tuple(retry["futile_markers"])
     fields["retry"] = config.RetryPolicy(**retry)
     capabilities = fields.get("client_capabilities")
     if isinstance(capabilities, Mapping) and capabilities.get("type") == "ClientCapabilities":

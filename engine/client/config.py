@@ -23,27 +23,40 @@ PERMANENT_ERROR_MARKERS: Final = (
     "invalid api key",
     "unauthorized",
 )
+# A server's refusal of what it was sent: a retry sends it again (spec §6.3).
+FUTILE_RETRY_MARKERS: Final = ("exceeds the maximum",)
 
 
 @attrs.frozen
 class RetryPolicy:
     """Exponential backoff for failed connect attempts (protocol-facts: up to 5
     retries, factor 2 from 1 s, capped at 10 s). Errors whose text contains a
-    permanent marker are never retried."""
+    permanent marker are never retried and end even a connected session; a
+    server error with a futile marker ends a connect (not a connected
+    session: there it answers a request)."""
 
     max_retries: int = attrs.field(default=5, validator=count(0))
     initial_delay: float = attrs.field(default=1.0, validator=positive)
     factor: float = attrs.field(default=2.0, validator=at_least(1.0))
     max_delay: float = attrs.field(default=10.0, validator=positive)
     permanent_markers: tuple[str, ...] = PERMANENT_ERROR_MARKERS
+    futile_markers: tuple[str, ...] = FUTILE_RETRY_MARKERS
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
         return min(self.max_delay, self.initial_delay * self.factor ** (retry - 1))
 
     def is_permanent(self, text: str) -> bool:
-        lowered = text.lower()
-        return any(marker in lowered for marker in self.permanent_markers)
+        return _has_marker(text, self.permanent_markers)
+
+    def is_futile(self, text: str) -> bool:
+        """A server error a retry would meet again (the same frames, refused)."""
+        return _has_marker(text, self.futile_markers)
+
+
+def _has_marker(text: str, markers: tuple[str, ...]) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in markers)
 
 
 @attrs.frozen

@@ -81,8 +81,12 @@ class SocketOpened:
 
 @attrs.frozen
 class SocketOpenFailed:
+    """The socket could not be opened. ``permanent``: the adapter knows a retry
+    would fail the same way (e.g. HTTP 404 on the upgrade; spec §6.3)."""
+
     attempt: AttemptId
     reason: str
+    permanent: bool = False
 
 
 @attrs.frozen
@@ -93,18 +97,24 @@ class FrameReceived:
 
 @attrs.frozen
 class SendFailed:
-    """A ``SendFrame`` effect could not be written."""
+    """A ``SendFrame`` effect could not be written (``permanent``: as for
+    :class:`SocketOpenFailed`, e.g. the peer refused the frame as too big)."""
 
     attempt: AttemptId
     send: SendId
     reason: str
+    permanent: bool = False
 
 
 @attrs.frozen
 class SocketClosed:
+    """The open socket ended (``permanent``: as for :class:`SocketOpenFailed`,
+    e.g. close code 1009, a frame too big for the peer)."""
+
     attempt: AttemptId
     code: int | None
     reason: str
+    permanent: bool = False
 
 
 # ---- LiveKit room results ------------------------------------------------------

@@ -667,14 +667,14 @@ class ClientSession(SansIOEngine[Output, _Due]):
         self._fail(
             ErrorKind.SOCKET_OPEN_FAILED,
             f"socket open failed: {clip(result.reason)}",
-            permanent=self._is_permanent(result.reason),
+            permanent=result.permanent or self._is_permanent(result.reason),
         )
 
     def _on_socket_closed(self, result: SocketClosed) -> None:
         self._fail(
             ErrorKind.SOCKET_CLOSED,
             f"socket closed (code {result.code}): {clip(result.reason) or 'no reason'}",
-            permanent=self._is_permanent(result.reason),
+            permanent=result.permanent or self._is_permanent(result.reason),
         )
 
     def _on_send_failed(self, result: SendFailed) -> None:
@@ -683,7 +683,11 @@ class ClientSession(SansIOEngine[Output, _Due]):
             # Without its join or initial state the server would wait forever:
             # this attempt must not go on to connect (seed review finding 1).
             what = "join" if result.send == attempt.join_send else "initial-state frame"
-            self._fail(ErrorKind.SEND_FAILED, f"could not send the {what}: {clip(result.reason)}")
+            self._fail(
+                ErrorKind.SEND_FAILED,
+                f"could not send the {what}: {clip(result.reason)}",
+                permanent=result.permanent,
+            )
             return
         request = attempt.request_sends.get(result.send)
         if request is None:
@@ -725,7 +729,9 @@ class ClientSession(SansIOEngine[Output, _Due]):
         text = f"server error: {clip(message.error)}"
         permanent = self._is_permanent(message.error)
         if permanent or not self._can("server_error"):
-            self._fail(ErrorKind.SERVER_ERROR, text, permanent=permanent)
+            # Before connected, a refusal a retry would repeat ends the connect too.
+            futile = permanent or self.config.retry.is_futile(message.error)
+            self._fail(ErrorKind.SERVER_ERROR, text, permanent=futile)
         else:
             self._fire("server_error", text)
 

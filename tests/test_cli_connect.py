@@ -81,3 +81,18 @@ def test_bad_retries_and_timeouts_are_usage_errors(option: str, value: str) -> N
     result = cli("ws://127.0.0.1:9/v1/stream", "--model", "echo", option, value)
     assert result.exit_code == 2
     assert option in result.output
+
+
+# ---- numbers a user may type ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--seconds", "--timeout", "--fps"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])
+def test_a_number_that_is_not_finite_is_refused_like_a_negative_one(
+    closed_port: int, option: str, value: str
+) -> None:
+    # Issue #14: `--seconds nan` passed click's range check and crashed later.
+    url = f"ws://127.0.0.1:{closed_port}/v1/stream"
+    result = cli(url, "--model", "echo", "--retries", "0", option, value)
+    assert result.exit_code == 2, result.output
+    assert option in result.stderr and "Traceback" not in result.output

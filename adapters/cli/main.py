@@ -16,6 +16,7 @@ import contextlib
 import functools
 import importlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -56,6 +57,18 @@ LAZY_COMMANDS: Final[Mapping[str, str]] = {
 }
 # Subcommands that import the server stack (the `server` extra).
 SERVER_COMMANDS: Final = frozenset({"serve", "demo"})
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A ``click.FloatRange`` that refuses NaN and the infinities, which pass
+    its bounds checks (``nan < 0`` is false) and would fail later, far from
+    the option that carried them."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def _configure_logging(verbose: int) -> None:
@@ -150,7 +163,7 @@ def main(verbose: int) -> None:
 )
 @click.option("--prompt", help="Initial prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
-@click.option("--seconds", type=click.FloatRange(min=0), help="Leave after N seconds connected.")
+@click.option("--seconds", type=FiniteFloatRange(min=0), help="Leave after N seconds connected.")
 @click.option(
     "--save-frames",
     type=click.Path(file_okay=False, path_type=Path),
@@ -163,7 +176,7 @@ def main(verbose: int) -> None:
 )
 @click.option("--codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True)
 @click.option(
-    "--fps", type=click.FloatRange(min=1, max=60), help="Camera frame rate [default: the model's]."
+    "--fps", type=FiniteFloatRange(min=1, max=60), help="Camera frame rate [default: the model's]."
 )
 @click.option(
     "--max-bitrate", type=click.IntRange(min=100_000), default=3_500_000, show_default=True
@@ -178,7 +191,7 @@ def main(verbose: int) -> None:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=Timeouts().connect,
     show_default=True,
     help="Give up connecting after this many seconds, retries included (time spent "

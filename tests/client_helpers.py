@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import numpy as np
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection, serve
 
 from leanjoin.adapters import Session
 from leanjoin.adapters.server.echo_model import colours_close, output_bands, prompt_colour
@@ -24,10 +27,11 @@ LEANJOIN = Path(sys.executable).parent / "leanjoin"
 
 
 @contextmanager
-def served(api_key: str) -> Iterator[str]:
-    """``leanjoin serve`` in a process of its own; yields its stream endpoint."""
+def served(api_key: str, *options: str) -> Iterator[str]:
+    """``leanjoin serve`` (with ``options``) in a process of its own; yields its
+    stream endpoint."""
     serve = subprocess.Popen(
-        [str(LEANJOIN), "serve", "--port", "0", "--api-key", api_key],
+        [str(LEANJOIN), "serve", "--port", "0", "--api-key", api_key, *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -86,6 +90,38 @@ async def assert_nothing_left(lk: LiveKitDouble | None = None, *rooms: str) -> N
         with anyio.fail_after(WAIT):
             while any((room := lk.find_room(name)) and room.participants for name in rooms):
                 await anyio.sleep(0.02)
+
+
+@attrs.define
+class Recorded:
+    """What a refusing server received: each upgrade's path, every frame."""
+
+    paths: list[str] = attrs.Factory(list)
+    frames: list[dict[str, Any]] = attrs.Factory(list)
+
+
+@asynccontextmanager
+async def refusing_server(frames: int = 0) -> AsyncIterator[tuple[str, Recorded]]:
+    """A signaling server that records each upgrade's path and its first
+    ``frames`` frames (and any more that come at once), then refuses the key:
+    a permanent failure, so the client gives up at once. Yields its base URL."""
+    recorded = Recorded()
+
+    async def refuse(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        recorded.paths.append(ws.request.path)
+        for _ in range(frames):
+            recorded.frames.append(json.loads(await ws.recv()))
+        # A frame too many is sent right behind the others: give it a moment.
+        with anyio.move_on_after(0.3):
+            while True:
+                recorded.frames.append(json.loads(await ws.recv()))
+        await ws.send('{"type":"error","error":"unauthorized: invalid api key"}')
+        await ws.close(1008, "unauthorized")
+
+    async with serve(refuse, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}", recorded
 
 
 def rooms_of(server: ReferenceServer) -> list[RoomHandle]:

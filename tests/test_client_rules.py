@@ -83,7 +83,24 @@ def sends(outputs: Sequence[Output]) -> list[SendFrame]:
             IMAGE_AND_PROMPT,
             None,
             False,
-            {"type": "set_image", "image_data": "aW1hZ2U=", "prompt": "a cat"},
+            # As the JS client: the prompt's enhance_prompt (default true) goes with it.
+            {
+                "type": "set_image",
+                "image_data": "aW1hZ2U=",
+                "prompt": "a cat",
+                "enhance_prompt": True,
+            },
+        ),
+        (
+            InitialState(image_ref="file-9", prompt="a cat", enhance_prompt=False),
+            None,
+            False,
+            {
+                "type": "set_image",
+                "image_ref": "file-9",
+                "prompt": "a cat",
+                "enhance_prompt": False,
+            },
         ),
         (
             InitialState(image_ref="file-9"),
@@ -91,10 +108,29 @@ def sends(outputs: Sequence[Output]) -> list[SendFrame]:
             False,
             {"type": "set_image", "image_ref": "file-9"},
         ),
-        (IMAGE_AND_PROMPT, True, True, None),
+        # An image alone: no enhance_prompt, even if asked for (JS has no prompt to enhance).
+        (
+            InitialState(image_data="aW1n", enhance_prompt=False),
+            None,
+            False,
+            {"type": "set_image", "image_data": "aW1n"},
+        ),
+        # The override sets the join's passthrough only: the state still follows (JS).
+        (
+            IMAGE_AND_PROMPT,
+            True,
+            True,
+            {
+                "type": "set_image",
+                "image_data": "aW1hZ2U=",
+                "prompt": "a cat",
+                "enhance_prompt": True,
+            },
+        ),
+        (InitialState(), False, False, None),
     ],
 )
-def test_rule1_join_first_then_exactly_one_initial_state_frame_iff_not_passthrough(
+def test_rule1_join_first_then_exactly_one_initial_state_frame_iff_state_given(
     initial: InitialState,
     override: bool | None,
     passthrough: bool,
@@ -112,9 +148,28 @@ def test_rule1_join_first_then_exactly_one_initial_state_frame_iff_not_passthrou
         assert json.loads(frames[1].frame) == follow
 
 
-def test_rule1_passthrough_false_without_a_reference_is_misuse() -> None:
-    with pytest.raises(UsageError, match="passthrough=False needs"):
-        Script().connect(InitialState(), passthrough=False)
+def test_rule1_a_state_after_a_passthrough_join_is_watched_like_any_initial_state() -> None:
+    script = Script()
+    script.connect(InitialState(prompt="a cat"), passthrough=True)
+    script.feed(SocketOpened(script.attempt))
+    watch = [script.session.ack_watch]
+    script.feed(FrameReceived(script.attempt, ROOM_INFO))
+    assert "initial_state_ack" in script.session.deadlines()
+    ack = frame(type="prompt_ack", prompt="a cat", success=True)
+    out = script.feed(FrameReceived(script.attempt, ack))
+    watch.append(script.session.ack_watch)
+    assert watch == [AckWatch.AWAITING, AckWatch.SETTLED]
+    assert of_type(out, InitialStateAcked)
+
+
+def test_rule1_passthrough_false_with_nothing_to_send_joins_and_watches_nothing() -> None:
+    script = Script()
+    script.connect(InitialState(), passthrough=False)
+    frames = sends(script.feed(SocketOpened(script.attempt)))
+    assert [json.loads(f.frame) for f in frames] == [{"type": "livekit_join", "passthrough": False}]
+    script.feed(FrameReceived(script.attempt, ROOM_INFO))
+    assert script.session.ack_watch is AckWatch.NONE
+    assert "initial_state_ack" not in script.session.deadlines()
 
 
 # ---- rule 2 ---------------------------------------------------------------------------

@@ -196,8 +196,7 @@ class ClientEngineMachine(RuleBasedStateMachine):
         target=attempts, initial=initial_states, override=st.sampled_from([None, None, True, False])
     )
     def connect_first(self, initial: InitialState, override: bool | None) -> AttemptId:
-        if override is False and not initial.has_reference:
-            override = None
+        # Every pairing is allowed (spec 3.1), false with nothing to send included.
         self.feed(Connect(initial, override))
         assert self.live is not None
         return self.live

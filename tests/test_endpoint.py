@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import platform
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from urllib.parse import parse_qsl
 
 import anyio
 import pytest
-from client_helpers import WAIT
-from websockets.asyncio.server import ServerConnection, serve
+from client_helpers import WAIT, refusing_server
 
 from leanjoin.adapters import ConnectFailed, ErrorKind, RetryPolicy, connect
 from leanjoin.adapters.client.endpoint import (
@@ -84,22 +81,6 @@ def test_the_api_key_comes_from_leanjoin_then_decart_stripped() -> None:
 # ---- the socket URL as a server receives it ----------------------------------------------
 
 
-@asynccontextmanager
-async def recording_server(paths: list[str]) -> AsyncIterator[str]:
-    """A signaling server that records each upgrade's path and refuses the key
-    (a permanent failure: the client gives up at once). Yields its base URL."""
-
-    async def refuse(ws: ServerConnection) -> None:
-        assert ws.request is not None
-        paths.append(ws.request.path)
-        await ws.send('{"type":"error","error":"unauthorized: invalid api key"}')
-        await ws.close(1008, "unauthorized")
-
-    async with serve(refuse, "127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        yield f"ws://127.0.0.1:{port}"
-
-
 async def refused_connect(**kwargs: object) -> None:
     with anyio.fail_after(WAIT), pytest.raises(ConnectFailed) as failed:
         async with connect(retry=RetryPolicy(max_retries=0), **kwargs):  # type: ignore[arg-type]
@@ -113,8 +94,7 @@ async def test_the_server_receives_extras_first_the_key_from_the_environment_and
 ) -> None:
     monkeypatch.delenv("LEANJOIN_API_KEY", raising=False)
     monkeypatch.setenv("DECART_API_KEY", SECRET)
-    paths: list[str] = []
-    async with recording_server(paths) as base:
+    async with refusing_server() as (base, recorded):
         await refused_connect(
             url=base,  # a base URL: the model's path goes below it
             model="lucy-2.5",
@@ -122,7 +102,7 @@ async def test_the_server_receives_extras_first_the_key_from_the_environment_and
             query_params={"region": "eu west"},
             integration="my-app/2.0",
         )
-    (path,) = paths
+    (path,) = recorded.paths
     route, _, query = path.partition("?")
     assert route == "/v1/stream"
     pairs = parse_qsl(query)
@@ -139,12 +119,11 @@ async def test_the_server_receives_extras_first_the_key_from_the_environment_and
 async def test_connect_without_a_url_goes_to_the_default_base(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    paths: list[str] = []
-    async with recording_server(paths) as base:
+    async with refusing_server() as (base, recorded):
         # The default base, pointed here: connect() must read it, not hard-code a URL.
         monkeypatch.setattr("leanjoin.adapters.client.endpoint.DEFAULT_BASE_URL", base)
         await refused_connect(api_key="k", model="echo", user_agent="exactly this")
-    (path,) = paths
+    (path,) = recorded.paths
     assert path.startswith("/v1/stream?")
     assert parse_qsl(path.partition("?")[2])[-1] == ("user_agent", "exactly this")
 

@@ -6,6 +6,7 @@ makes of it. Every wait is bounded; no speed is asserted.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -14,23 +15,41 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import numpy as np
 import pytest
-from client_helpers import LEANJOIN, WAIT, served, server_idle
+from client_helpers import (
+    LEANJOIN,
+    WAIT,
+    frame_with_band,
+    refusing_server,
+    served,
+    server_idle,
+    until,
+)
 
 from leanjoin.adapters import (
+    ConnectFailed,
+    ErrorKind,
+    ErrorOccurred,
+    Event,
+    InitialStateAcked,
     ModelDefinition,
     RetryPolicy,
     Session,
+    TestPattern,
     Timeouts,
     connect,
 )
 from leanjoin.adapters.client.endpoint import default_user_agent
+from leanjoin.adapters.client.png import encode_png
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.server.knobs import ServerKnobs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.livekit]
 
 SERVER_LOG = "leanjoin.server"
+PNG = encode_png(np.full((16, 16, 3), (200, 40, 90), dtype=np.uint8))
+PNG_BASE64 = base64.b64encode(PNG).decode()
 
 
 @pytest.fixture
@@ -52,12 +71,27 @@ def bounded(server: ReferenceServer) -> dict[str, Any]:
     }
 
 
+def small(server: ReferenceServer, events: list[Event]) -> dict[str, Any]:
+    """``bounded`` with a small camera, the events collected."""
+    return {**bounded(server), "camera": TestPattern(320, 240, fps=15), "on_event": events.append}
+
+
 async def first_output_size(session: Session) -> tuple[int, int]:
     """Width and height of the first output frame."""
     with anyio.fail_after(WAIT):
         async for frame in session.frames():
             return frame.shape[1], frame.shape[0]
     raise AssertionError("the session ended before any output frame")
+
+
+async def refused(base: str, **kwargs: Any) -> None:
+    """Connect to a refusing server (it refuses the key once it has read)."""
+    with anyio.fail_after(WAIT), pytest.raises(ConnectFailed) as failed:
+        async with connect(
+            base, api_key="k", model="echo", retry=RetryPolicy(max_retries=0), **kwargs
+        ):
+            raise AssertionError("the server refuses every key")
+    assert failed.value.kind is ErrorKind.SERVER_ERROR
 
 
 def scaled_from(size: tuple[int, int], width: int, height: int) -> bool:
@@ -149,3 +183,88 @@ def test_cli_connects_to_a_base_url_with_the_decart_key_only() -> None:
     names = [json.loads(line)["event"] for line in run.stdout.splitlines()]
     assert "session_started" in names
     assert key not in run.stdout + run.stderr
+
+
+# ---- the initial state on the wire, and passthrough overrides (spec §3.1, §3.2) ----------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (
+            {"image": PNG, "prompt": "a cat"},
+            {
+                "type": "set_image",
+                "image_data": PNG_BASE64,
+                "prompt": "a cat",
+                "enhance_prompt": True,
+            },
+        ),
+        (
+            {"image": PNG, "prompt": "a cat", "enhance_prompt": False},
+            {
+                "type": "set_image",
+                "image_data": PNG_BASE64,
+                "prompt": "a cat",
+                "enhance_prompt": False,
+            },
+        ),
+        ({"image": PNG}, {"type": "set_image", "image_data": PNG_BASE64}),
+        ({"prompt": "a cat"}, {"type": "prompt", "prompt": "a cat", "enhance_prompt": True}),
+    ],
+)
+async def test_the_initial_state_frame_is_what_the_js_client_sends(
+    kwargs: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    async with refusing_server(frames=2) as (base, recorded):
+        await refused(base, **kwargs)
+    assert recorded.frames == [{"type": "livekit_join", "passthrough": False}, expected]
+
+
+async def test_passthrough_overrides_set_the_join_only() -> None:
+    async with refusing_server(frames=2) as (base, recorded):
+        await refused(base, prompt="a cat", passthrough=True)
+    assert recorded.frames == [
+        {"type": "livekit_join", "passthrough": True},
+        {"type": "prompt", "prompt": "a cat", "enhance_prompt": True},
+    ]
+    async with refusing_server(frames=1) as (base, recorded):
+        await refused(base, passthrough=False)
+    assert recorded.frames == [{"type": "livekit_join", "passthrough": False}]
+
+
+async def test_a_state_after_a_passthrough_join_is_applied_and_acked_by_the_reference_server(
+    server: ReferenceServer,
+) -> None:
+    events: list[Event] = []
+    async with connect(
+        server.url,
+        model="echo",
+        prompt="sent anyway",
+        passthrough=True,
+        **small(server, events),
+    ) as session:
+        await frame_with_band(session, "sent anyway")
+        await until(lambda: any(isinstance(e, InitialStateAcked) for e in events))
+        room = session.room_name
+    assert not [e for e in events if isinstance(e, ErrorOccurred)]
+    await server_idle(server, room)
+
+
+async def test_a_join_promising_a_state_waits_for_the_users_first_request(
+    server: ReferenceServer,
+) -> None:
+    events: list[Event] = []
+    async with connect(
+        server.url,
+        model="echo",
+        passthrough=False,
+        **small(server, events),
+    ) as session:
+        # The reference server starts generating once a state is applied: the
+        # first request is that state, acked as a request to the client.
+        await session.set_prompt("set later")
+        await frame_with_band(session, "set later")
+        room = session.room_name
+    assert not [e for e in events if isinstance(e, ErrorOccurred | InitialStateAcked)]
+    await server_idle(server, room)

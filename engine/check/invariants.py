@@ -54,7 +54,7 @@ from ..messages import Error, PromptAck, SetImageAck
 NAMES: Final = (
     "no_stale_emission",
     "ack_timer_never_armed_before_room_info",
-    "initial_state_frame_right_after_join_iff_not_passthrough",
+    "initial_state_frame_right_after_join_iff_state_given",
     "connected_never_waits_for_ack",
     "no_deadline_survives_its_attempt",
     "at_most_one_error_per_failure",
@@ -360,21 +360,22 @@ class InvariantMonitor:
         if not sends:
             return
         join = sends[0]
-        name = "initial_state_frame_right_after_join_iff_not_passthrough"
+        name = "initial_state_frame_right_after_join_iff_state_given"
         if join.purpose is not FramePurpose.JOIN or join.send != 1:
             raise InvariantViolation(name, "the first frame of an attempt is not the join")
+        # Spec 3.1/3.2: passthrough is derived unless overridden; the override
+        # changes the join only, and the state goes out whenever there is one.
         passthrough = json.loads(join.frame)["passthrough"]
         expected = (not self._replay.has_reference) if self._override is None else self._override
         if passthrough != expected:
             raise InvariantViolation(name, f"passthrough={passthrough} for the given initial state")
         following = sends[1:]
-        if passthrough and following:
-            raise InvariantViolation(name, "an initial-state frame followed a passthrough join")
-        if not passthrough:
+        if not self._replay.has_reference and following:
+            raise InvariantViolation(name, "an initial-state frame followed a join with no state")
+        if self._replay.has_reference:
             if len(following) != 1 or following[0].purpose is not FramePurpose.INITIAL_STATE:
                 raise InvariantViolation(
-                    name,
-                    "a non-passthrough join was not followed by exactly one initial-state frame",
+                    name, "a join with a state was not followed by exactly one initial-state frame"
                 )
             position = outputs.index(join)
             if outputs[position + 1] is not following[0]:

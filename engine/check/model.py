@@ -45,6 +45,7 @@ import attrs
 from ..client.config import InitialState, RetryPolicy, SessionConfig, Timeouts
 from ..client.inputs import (
     AttemptId,
+    Connect,
     Input,
     SendId,
 )
@@ -69,9 +70,14 @@ IMAGE_AND_PROMPT: Final = InitialState(image_data="aW1n", prompt="a cat")
 PROMPT_ONLY: Final = InitialState(prompt="a cat")
 PASSTHROUGH: Final = InitialState()
 CONNECTS: Final = {
-    "image+prompt": IMAGE_AND_PROMPT,
-    "prompt": PROMPT_ONLY,
-    "passthrough": PASSTHROUGH,
+    "image+prompt": Connect(IMAGE_AND_PROMPT),
+    "prompt": Connect(PROMPT_ONLY),
+    "passthrough": Connect(PASSTHROUGH),
+    # Overrides as the JS client takes them (spec 3.1): a state after a
+    # passthrough join (the server takes it as a request), and a join that
+    # promises a state the user sets later (the server takes the first request).
+    "prompt+passthrough=true": Connect(PROMPT_ONLY, passthrough=True),
+    "nothing+passthrough=false": Connect(PASSTHROUGH, passthrough=False),
 }
 # Runtime prompts, in turn: the first repeats the initial prompt's text, so a
 # prompt_ack must be told apart by order, not by text alone.

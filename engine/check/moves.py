@@ -19,7 +19,6 @@ import attrs
 from ..client.ack_watch import AckWatch
 from ..client.inputs import (
     ChangePrompt,
-    Connect,
     Disconnect,
     FrameReceived,
     Input,
@@ -117,7 +116,7 @@ def step(world: World, choice: Choice, model: Model, record: Record | None = Non
         world.faults += 1
     if name == "connect":
         world.connects += 1
-        move.feed(Connect(CONNECTS[choice[1]]))
+        move.feed(CONNECTS[choice[1]])
     elif name == "set_prompt":
         world.prompts += 1
         text = RUNTIME_PROMPTS[(world.prompts - 1) % len(RUNTIME_PROMPTS)]

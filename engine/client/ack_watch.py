@@ -38,7 +38,7 @@ from .outputs import ErrorKind, ErrorOccurred, InitialStateAcked, Output
 class AckWatch(enum.Enum):
     """The out-of-band watch on the initial-state ack."""
 
-    NONE = "none"  # passthrough: no initial-state frame was sent
+    NONE = "none"  # no initial-state frame was sent: there was nothing to send
     AWAITING = "awaiting"  # frame sent, room_info not yet here: no deadline runs
     BUFFERED = "buffered"  # the ack came before room_info; claimed when it arrives
     WATCHING = "watching"  # room_info came: the ack deadline runs

@@ -70,7 +70,7 @@ class Attempt:
 
     @property
     def initial_frame(self) -> SetImage | Prompt | None:
-        """The initial-state frame sent right behind the join (None: passthrough)."""
+        """The initial-state frame sent right behind the join (None: nothing to send)."""
         return self.ack_watch.frame
 
     def take_request(self, ack: SetImageAck | PromptAck) -> PendingRequest | None:

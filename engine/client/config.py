@@ -197,15 +197,18 @@ class InitialState:
         return self.image_data is not None or self.image_ref is not None or self.prompt is not None
 
     def frame(self) -> SetImage | Prompt | None:
-        """The one initial-state message a non-passthrough join is followed by."""
-        enhance: bool | Absent = ABSENT if self.enhance_prompt is None else self.enhance_prompt
+        """The one initial-state message sent right behind the join (None:
+        nothing to send), as the JS client sends it (spec §3.2): the prompt's
+        ``enhance_prompt`` (default true) goes with the prompt, also beside an
+        image; an image without a prompt carries none."""
+        enhance = True if self.enhance_prompt is None else self.enhance_prompt
         if self.image_data is not None or self.image_ref is not None:
             return SetImage(
                 image_data=ABSENT if self.image_data is None else self.image_data,
                 image_ref=ABSENT if self.image_ref is None else self.image_ref,
                 prompt=ABSENT if self.prompt is None else self.prompt,
-                enhance_prompt=enhance,
+                enhance_prompt=ABSENT if self.prompt is None else enhance,
             )
         if self.prompt is not None:
-            return Prompt(prompt=self.prompt, enhance_prompt=True if enhance is ABSENT else enhance)
+            return Prompt(prompt=self.prompt, enhance_prompt=enhance)
         return None

@@ -31,7 +31,9 @@ def _frame_repr(value: str | bytes) -> str:
 @attrs.frozen
 class Connect:
     """Start a session. ``passthrough=None`` derives it: false iff the initial
-    state has a non-null image or prompt."""
+    state has a non-null image or prompt. An explicit value sets the join's
+    ``passthrough`` only: the initial state is sent whenever there is one
+    (true with a state, false without one: both allowed, as in the JS client)."""
 
     initial: InitialState = attrs.field(factory=InitialState)
     passthrough: bool | None = None

@@ -366,6 +366,8 @@ class ClientSession(SansIOEngine[Output, _Due]):
     def _start_attempt(self, _event: EventData) -> None:
         self._retry_deadline = None
         self._last_attempt = AttemptId(self._last_attempt + 1)
+        # As the JS client (spec §3.1, §3.2): an override sets the join's
+        # passthrough only; the state, if any, is sent whatever it says.
         override = self._passthrough_override
         passthrough = (not self._initial.has_reference) if override is None else override
         attempt = Attempt(
@@ -373,7 +375,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
             passthrough=passthrough,
             ack_watch=InitialStateWatch(
                 self._last_attempt,
-                None if passthrough else self._initial.frame(),
+                self._initial.frame(),
                 self.config.timeouts.initial_state_ack,
             ),
         )
@@ -598,8 +600,6 @@ class ClientSession(SansIOEngine[Output, _Due]):
     def _on_connect(self, command: Connect) -> None:
         if not self._can("connect"):
             raise UsageError(f"connect while {self._user_state.value}: disconnect first")
-        if command.passthrough is False and not command.initial.has_reference:
-            raise UsageError("passthrough=False needs an initial image or prompt to send")
         self._fire("connect", command)
 
     def _on_disconnect(self, _command: Disconnect) -> None:

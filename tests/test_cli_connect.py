@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from client_helpers import LEANJOIN, served
 
 from leanjoin.adapters.cli.main import main
+from leanjoin.adapters.client.png import encode_png
 
 pytestmark = [pytest.mark.livekit]
 
@@ -96,3 +102,53 @@ def test_a_number_that_is_not_finite_is_refused_like_a_negative_one(
     result = cli(url, "--model", "echo", "--retries", "0", option, value)
     assert result.exit_code == 2, result.output
     assert option in result.stderr and "Traceback" not in result.output
+
+
+# ---- exit codes -----------------------------------------------------------------------------
+
+
+def run_connect(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real command in a process of its own."""
+    return subprocess.run(
+        [str(LEANJOIN), "connect", url, "--model", "echo", "--json", *args],
+        env={**os.environ, "LEANJOIN_API_KEY": KEY},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def reference_png(tmp_path: Path) -> Path:
+    path = tmp_path / "reference.png"
+    path.write_bytes(encode_png(np.full((48, 64, 3), (180, 70, 150), dtype=np.uint8)))
+    return path
+
+
+@pytest.mark.parametrize("rejected", [False, True])
+def test_the_exit_code_says_whether_the_server_took_the_image(
+    reference_png: Path, rejected: bool
+) -> None:
+    # Issue #14: a rejected reference image exited 0. With --seconds 0 the command
+    # leaves once connected, but not before the image's answer: it is what was asked.
+    options = ["--reject-reference"] if rejected else []
+    with served(KEY, *options) as url:
+        run = run_connect(url, "--image", str(reference_png), "--prompt", "p", "--seconds", "0")
+    seen = [e["event"] for e in events(run.stdout)]
+    assert "session_started" in seen
+    if rejected:
+        assert run.returncode == 3, run.stderr
+        assert "initial_state_rejected" in run.stderr and "reference" in run.stderr
+    else:
+        assert run.returncode == 0, run.stderr
+        assert "initial_state_acked" in seen
+    assert KEY not in run.stdout + run.stderr
+
+
+def test_help_documents_the_exit_codes() -> None:
+    result = cli("--help")
+    assert result.exit_code == 0
+    documented = result.output.partition("Exit status:")[2]
+    codes = re.findall(r"^\s+(\d)\s+\S", documented, re.MULTILINE)
+    assert codes == ["0", "1", "2", "3"]
+    assert "rejected the initial image or prompt" in " ".join(documented.split())

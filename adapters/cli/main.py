@@ -6,19 +6,23 @@ so. Subcommands in their own modules are imported only when looked up, so
 ``leanjoin connect`` never imports the server stack.
 
 Exit status: 0 on success, 1 with a one-line reason on failure, 2 on misuse
-(click). The api key comes from ``LEANJOIN_API_KEY`` or ``DECART_API_KEY`` only
-and is never printed.
+(click); ``connect`` adds 3 (connected, but the server rejected the initial
+image or prompt) and documents its codes in ``--help`` (:class:`ExitCode`).
+The api key comes from ``LEANJOIN_API_KEY`` or ``DECART_API_KEY`` only and is
+never printed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import importlib
 import logging
 import math
 import os
 import sys
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -43,7 +47,15 @@ from leanjoin.adapters.client.png import write_png
 from leanjoin.adapters.client.room_transport import MediaOptions
 from leanjoin.adapters.client.video_sources import FileSource, TestPattern, VideoSource
 from leanjoin.engine.client.config import RetryPolicy, Timeouts
-from leanjoin.engine.client.outputs import ErrorOccurred, Event
+from leanjoin.engine.client.outputs import (
+    ConnectionState,
+    ErrorKind,
+    ErrorOccurred,
+    Event,
+    InitialStateAcked,
+    SessionStarted,
+    StateChanged,
+)
 
 from .display import StatusView, describe, event_json
 
@@ -80,9 +92,39 @@ def _configure_logging(verbose: int) -> None:
         logging.getLogger("livekit").setLevel(logging.ERROR)
 
 
-def _fail(reason: str) -> None:
+class ExitCode(enum.IntEnum):
+    """What ``leanjoin connect`` tells a script (its ``--help`` lists them)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2  # click's own code for misuse
+    REJECTED = 3
+
+
+CONNECT_EXIT_CODES: Final[Mapping[ExitCode, str]] = {
+    ExitCode.OK: "connected, and left as asked (--seconds, Ctrl-C or SIGTERM); the "
+    "initial image and prompt, if given, were accepted",
+    ExitCode.FAILED: "not connected (refused, unreachable, timed out or interrupted), "
+    "or the session failed after connecting",
+    ExitCode.USAGE: "usage: a bad option or argument, or no api key",
+    ExitCode.REJECTED: "connected, but the server rejected the initial image or prompt "
+    "(or never answered it)",
+}
+
+
+def _exit_codes_help() -> str:
+    r"""The epilog of ``connect --help``; ``\b`` keeps click from rewrapping it."""
+    lines = ["\b", "Exit status:"]
+    for code, meaning in CONNECT_EXIT_CODES.items():
+        lines += textwrap.wrap(
+            meaning, width=76, initial_indent=f"  {int(code)}  ", subsequent_indent="     "
+        )
+    return "\n".join(lines)
+
+
+def _fail(reason: str, code: ExitCode = ExitCode.FAILED) -> None:
     click.echo(f"leanjoin: {reason}", err=True)
-    sys.exit(1)
+    sys.exit(int(code))
 
 
 def _missing_extra(command: str, exc: ModuleNotFoundError) -> str | None:
@@ -148,7 +190,7 @@ def main(verbose: int) -> None:
 # ---- connect -------------------------------------------------------------------------
 
 
-@main.command("connect")
+@main.command("connect", epilog=_exit_codes_help())
 @click.argument("url", required=False)
 @click.option(
     "--model",
@@ -163,7 +205,11 @@ def main(verbose: int) -> None:
 )
 @click.option("--prompt", help="Initial prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
-@click.option("--seconds", type=FiniteFloatRange(min=0), help="Leave after N seconds connected.")
+@click.option(
+    "--seconds",
+    type=FiniteFloatRange(min=0),
+    help="Leave after N seconds connected, once the initial image or prompt is answered.",
+)
 @click.option(
     "--save-frames",
     type=click.Path(file_okay=False, path_type=Path),
@@ -246,18 +292,23 @@ def connect_command(
         save_frames=save_frames,
         retry=RetryPolicy(max_retries=retries),
         timeouts=Timeouts(connect=timeout),
+        initial_state=image_data is not None or prompt is not None,
     )
     try:
-        reason = anyio.run(runner.run, url, api_key, definition, image_data, prompt, camera, media)
-    except KeyboardInterrupt:
-        reason = None  # the user ended the session: a normal end
+        code, reason = anyio.run(
+            runner.run, url, api_key, definition, image_data, prompt, camera, media
+        )
+    except KeyboardInterrupt:  # the user ended the session: judged like any other end
+        code, reason = runner.outcome()
     except ValueError as exc:  # a bad URL, caught by the configuration
-        reason = str(exc)
+        code, reason = ExitCode.FAILED, str(exc)
     if reason is not None:
-        _fail(reason)
+        _fail(reason, code)
 
 
 class _ConnectRun:
+    """One ``leanjoin connect``: shows the events, and judges the end (:meth:`outcome`)."""
+
     def __init__(
         self,
         *,
@@ -266,6 +317,7 @@ class _ConnectRun:
         save_frames: Path | None,
         retry: RetryPolicy,
         timeouts: Timeouts,
+        initial_state: bool,
     ) -> None:
         self._json = as_json
         self._seconds = seconds
@@ -277,10 +329,47 @@ class _ConnectRun:
         self._live: Live | None = None
         self._start = 0.0
         self._fatal: str | None = None
+        self._connected = False
+        # The initial image/prompt: None while unanswered, else (accepted, why not).
+        self._asked = initial_state
+        self._answer: tuple[bool, str] | None = None
+        self._answered: anyio.Event | None = None
+
+    def outcome(self, failure: str | None = None) -> tuple[ExitCode, str | None]:
+        """The exit code and the line that explains it (None: nothing to say)."""
+        if failure is not None:
+            return ExitCode.FAILED, failure
+        if self._fatal is not None:
+            return ExitCode.FAILED, self._fatal
+        if not self._connected:
+            return ExitCode.FAILED, "interrupted before connecting"
+        if self._asked and self._answer is not None and not self._answer[0]:
+            return ExitCode.REJECTED, (
+                f"the server did not take the initial image or prompt: {self._answer[1]}"
+            )
+        return ExitCode.OK, None
+
+    def _note(self, event: Event) -> None:
+        if isinstance(event, SessionStarted):
+            self._connected = True
+        elif isinstance(event, InitialStateAcked):
+            self._answer = (True, "")
+        elif isinstance(event, ErrorOccurred) and event.fatal:
+            self._fatal = f"{event.kind.value}: {event.message}"
+        elif isinstance(event, ErrorOccurred) and self._refuses_initial_state(event):
+            self._answer = (False, f"{event.kind.value}: {event.message}")
+        ended = isinstance(event, StateChanged) and event.state is ConnectionState.DISCONNECTED
+        if self._answered is not None and (self._answer is not None or ended):
+            self._answered.set()
+
+    def _refuses_initial_state(self, error: ErrorOccurred) -> bool:
+        if error.kind in (ErrorKind.INITIAL_STATE_REJECTED, ErrorKind.INITIAL_STATE_TIMEOUT):
+            return True
+        # Connected, a server error ends every wait (spec §4), an unanswered initial state's too.
+        return error.kind is ErrorKind.SERVER_ERROR and self._connected and self._answer is None
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, ErrorOccurred) and event.fatal:
-            self._fatal = f"{event.kind.value}: {event.message}"
+        self._note(event)
         if self._json:
             click.echo(event_json(event, anyio.current_time() - self._start))
             return
@@ -298,9 +387,12 @@ class _ConnectRun:
         prompt: str | None,
         camera: VideoSource,
         media: MediaOptions,
-    ) -> str | None:
-        """Returns None on a normal end, else the reason of the failure."""
+    ) -> tuple[ExitCode, str | None]:
+        """Connect, stay, leave; the exit code and its reason (see :meth:`outcome`)."""
         self._start = anyio.current_time()
+        self._answered = anyio.Event()
+        if not self._asked:
+            self._answered.set()
         display: contextlib.AbstractContextManager[Live | None] = (
             contextlib.nullcontext()
             if self._json
@@ -323,8 +415,8 @@ class _ConnectRun:
                 ) as session:
                     await self._stay(session)
             except LeanJoinError as exc:
-                return str(exc)
-        return self._fatal
+                return self.outcome(str(exc))
+        return self.outcome()
 
     async def _stay(self, session: Session) -> None:
         async with anyio.create_task_group() as tg:
@@ -333,6 +425,10 @@ class _ConnectRun:
             if self._seconds is not None:
                 with anyio.move_on_after(self._seconds):
                     await _until_closed(session)
+                # What was asked for is not known before its answer (bounded by
+                # the engine's initial-state ack deadline).
+                assert self._answered is not None
+                await self._answered.wait()
             else:
                 await _until_closed(session)
             tg.cancel_scope.cancel()

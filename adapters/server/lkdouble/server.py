@@ -56,6 +56,7 @@ class LiveKitDouble:
         self._port = port
         self._api_key = api_key
         self.__secret = api_secret if api_secret is not None else secrets.token_urlsafe(32)
+        self.__minter = tokens.Minter(api_key, self.__secret)
         self._media_setup_delay = media_setup_delay
         self._join_answer_delay = join_answer_delay
         self._publish_delay = publish_delay
@@ -109,9 +110,7 @@ class LiveKitDouble:
 
     def mint_token(self, *, room: str, identity: str, ttl_seconds: int = 600) -> str:
         """A real join token (publish, subscribe, data) for this double."""
-        return tokens.mint(
-            self._api_key, self.__secret, room=room, identity=identity, ttl_seconds=ttl_seconds
-        )
+        return self.__minter.mint(room=room, identity=identity, ttl_seconds=ttl_seconds)
 
     @property
     def rooms(self) -> tuple[RoomHandle, ...]:

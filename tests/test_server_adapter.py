@@ -599,6 +599,44 @@ async def test_a_streamed_reference_is_decoded_once_with_the_server_decode_s_col
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("side", "on_the_loop"), [(32, True), (160, False)])
+async def test_a_small_whole_reference_is_decoded_on_the_loop_a_large_one_in_a_thread(
+    monkeypatch: pytest.MonkeyPatch, side: int, on_the_loop: bool
+) -> None:
+    """A reference that comes in one small fragment (a 32x32 PNG: 4 KB) is
+    decoded by the prefetch on the event loop, with no worker thread; one over
+    INLINE_DECODE_CHARS (160x160 of noise: 100 KB) in a worker thread."""
+    import threading
+
+    from leanjoin.adapters.server.prefetch import ReferencePrefetch
+    from leanjoin.adapters.server.reading import INLINE_DECODE_CHARS
+
+    finished_on: list[bool] = []
+    own_finish = ReferencePrefetch.finish
+
+    def finish(self: ReferencePrefetch) -> None:
+        finished_on.append(threading.current_thread() is threading.main_thread())
+        own_finish(self)
+
+    monkeypatch.setattr(ReferencePrefetch, "finish", finish)
+    image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    frame = json.dumps(
+        {"type": "set_image", "image_data": base64.b64encode(encode_png(image)).decode()}
+    )
+    assert (len(frame) <= INLINE_DECODE_CHARS) is on_the_loop
+    async with running() as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": False})
+        await socket.send(frame)
+        info = await recv(socket)
+        assert await recv(socket) == {"type": "set_image_ack", "success": True}
+        await video(server, info["room_name"])
+        assert (await recv(socket))["type"] == "generation_started"
+        out = server.livekit.room(info["room_name"]).on_client_frame(CAMERA)
+    assert finished_on == [on_the_loop]
+    assert out is not None and tuple(out[-1, 0]) == mean_colour(image)
+
+
+@pytest.mark.anyio
 async def test_a_misleading_frame_cannot_make_the_prefetch_style_the_output() -> None:
     """The prefetch speculates on the first image_data of a frame, but JSON keeps
     the last one of a duplicated key, another image: the output shows that one."""

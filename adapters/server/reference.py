@@ -443,7 +443,8 @@ class ReferenceServer:
         elif isinstance(output, CreateRoom):
             self._work.append((connection, self._create_room(connection)))
         elif isinstance(output, DecodeReference):
-            self._spawn(connection, self._decode(connection, output))
+            if not self._decoded_already(connection, output):
+                self._spawn(connection, self._decode(connection, output))
         elif isinstance(output, ConfigureModel):
             self._configure(connection, output)
         elif isinstance(output, StopModel):
@@ -470,6 +471,20 @@ class ReferenceServer:
         room.refuses_joins = self.knobs.refuse_media and connection.engine.faults
         room.listener = _RoomNews(functools.partial(self._feed, connection))
         return RoomReady(self._livekit.url, token, room_name, session_id)
+
+    def _decoded_already(self, connection: _Connection, effect: DecodeReference) -> bool:
+        """A prefetch that is done decoded exactly this reference (a small one,
+        decoded on the loop as its message came in): answer at once, in order."""
+        prefetched = connection.prefetched
+        if prefetched is None or not prefetched.done:
+            return False
+        kept = prefetched.swatch_now(effect.data)
+        if kept is None:
+            return False
+        connection.prefetched = None  # used: let its bytes go
+        connection.references[effect.request] = kept
+        self._work.append((connection, ReferenceDecoded(effect.request)))
+        return True
 
     async def _decode(self, connection: _Connection, effect: DecodeReference) -> None:
         kept: Swatch | None = None

@@ -692,3 +692,82 @@ def test_rule7_an_unclassified_failure_is_still_retried() -> None:
     script.connect(IMAGE_AND_PROMPT)
     out = script.feed(SocketOpenFailed(script.attempt, "HTTP 503: try later"))
     assert of_type(out, RetryScheduled) and of_type(out, ErrorOccurred) == []
+
+
+# ---- set(), clearing the reference, per-call timeouts (issue #14, spec §4) -------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "sent"),
+    [
+        # set(prompt=...) as the JS client's set(): one set_image, the image cleared.
+        (
+            ChangeImage(RequestId(1), prompt="a dog", enhance_prompt=True),
+            {"type": "set_image", "image_data": None, "prompt": "a dog", "enhance_prompt": True},
+        ),
+        (ChangeImage(RequestId(1)), {"type": "set_image", "image_data": None}),
+        # setImage(image, {enhance}) without a prompt: JS sends enhance_prompt as given.
+        (
+            ChangeImage(RequestId(1), image_data="aQ==", enhance_prompt=False),
+            {"type": "set_image", "image_data": "aQ==", "enhance_prompt": False},
+        ),
+    ],
+)
+def test_rule7_a_runtime_set_image_is_sent_as_the_js_client_sends_it(
+    command: ChangeImage, sent: dict[str, object]
+) -> None:
+    script = Script()
+    script.to_connected(IMAGE_AND_PROMPT)
+    (request,) = sends(script.feed(command))
+    assert json.loads(request.frame) == sent
+
+
+def test_rule7_a_cleared_reference_stays_cleared_after_a_reconnect() -> None:
+    script = Script()
+    script.to_connected(IMAGE_AND_PROMPT)
+    script.feed(ChangeImage(RequestId(1), prompt="a dog", enhance_prompt=False))
+    assert script.session.replay_state == InitialState(prompt="a dog", enhance_prompt=False)
+    script.feed(RoomDisconnected(script.attempt, "server gone"))
+    frames = sends(script.feed(SocketOpened(script.attempt)))
+    assert [json.loads(f.frame) for f in frames] == [
+        {"type": "livekit_join", "passthrough": False},
+        {"type": "prompt", "prompt": "a dog", "enhance_prompt": False},
+    ]
+    # A bare clear (image_data: null, no prompt) keeps the prompt for the next replay.
+    script.feed(FrameReceived(script.attempt, ROOM_INFO))
+    script.feed(RoomConnected(script.attempt))
+    script.feed(TracksPublished(script.attempt))
+    script.feed(ChangeImage(RequestId(2), image_data="aQ=="))
+    script.feed(ChangeImage(RequestId(3)))
+    script.feed(RoomDisconnected(script.attempt, "server gone"))
+    frames = sends(script.feed(SocketOpened(script.attempt)))
+    assert json.loads(frames[1].frame) == {
+        "type": "prompt",
+        "prompt": "a dog",
+        "enhance_prompt": False,
+    }
+
+
+def test_rule7_a_call_carries_its_own_ack_deadline() -> None:
+    script = Script()
+    script.to_connected(InitialState())
+    script.feed(ChangePrompt(RequestId(1), "quick", timeout=2.0))
+    script.feed(ChangeImage(RequestId(2), image_data="aQ==", timeout=45.0))
+    script.feed(ChangePrompt(RequestId(3), "default"))
+    deadlines = script.session.deadlines()
+    assert [deadlines[f"request:{n}"] - script.now for n in (1, 2, 3)] == [2.0, 45.0, 30.0]
+    (quick,) = of_type(script.wait(2.0), RequestFailed)
+    assert (quick.request, quick.kind) == (1, ErrorKind.REQUEST_TIMEOUT)
+    assert quick.message == "no ack within 2 s"
+    (default,) = of_type(script.wait(28.0), RequestFailed)
+    assert default.request == 3 and default.message == "no ack within 30 s"
+    (slow,) = of_type(script.wait(15.0), RequestFailed)
+    assert slow.request == 2 and slow.message == "no ack within 45 s"
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), True])
+def test_rule7_a_calls_timeout_is_a_positive_number(timeout: float) -> None:
+    with pytest.raises(ValueError, match="timeout must be a finite number > 0"):
+        ChangePrompt(RequestId(1), "p", timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"):
+        ChangeImage(RequestId(1), timeout=timeout)

@@ -215,10 +215,20 @@ class ClientEngineMachine(RuleBasedStateMachine):
         self.feed(ChangePrompt(RequestId(self.next_request), prompt))
 
     @precondition(lambda self: self.session.phase in LIVE_PHASES)
-    @rule()
-    def change_image(self) -> None:
+    @rule(
+        fields=st.sampled_from(
+            [
+                {"image_data": "bmV3"},
+                {},  # image_data: null, the reference cleared
+                {"prompt": "a dog", "enhance_prompt": True},  # set(prompt=...)
+                {"image_ref": "file-2", "enhance_prompt": False},
+            ]
+        ),
+        timeout=st.sampled_from([None, 5.0, 45.0]),
+    )
+    def change_image(self, fields: dict[str, Any], timeout: float | None) -> None:
         self.next_request += 1
-        self.feed(ChangeImage(RequestId(self.next_request), image_data="bmV3"))
+        self.feed(ChangeImage(RequestId(self.next_request), **fields, timeout=timeout))
 
     # ---- progress: what a healthy server and room report -------------------------------
 

@@ -18,6 +18,7 @@ import anyio
 import numpy as np
 import pytest
 from client_helpers import (
+    BAND_TOLERANCE,
     LEANJOIN,
     WAIT,
     frame_with_band,
@@ -34,6 +35,8 @@ from leanjoin.adapters import (
     Event,
     InitialStateAcked,
     ModelDefinition,
+    RequestAcked,
+    RequestTimedOut,
     RetryPolicy,
     Session,
     TestPattern,
@@ -42,6 +45,7 @@ from leanjoin.adapters import (
 )
 from leanjoin.adapters.client.endpoint import default_user_agent
 from leanjoin.adapters.client.png import encode_png
+from leanjoin.adapters.server.echo_model import colours_close, output_bands
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.server.knobs import ServerKnobs
 
@@ -268,3 +272,62 @@ async def test_a_join_promising_a_state_waits_for_the_users_first_request(
         room = session.room_name
     assert not [e for e in events if isinstance(e, ErrorOccurred | InitialStateAcked)]
     await server_idle(server, room)
+
+
+# ---- set(), clearing the reference, per-call timeouts (spec §4) ---------------------------
+
+REFERENCE = np.full((32, 32, 3), (220, 30, 30), dtype=np.uint8)
+
+
+def shows_reference(frame: np.ndarray[Any, Any]) -> bool:
+    return colours_close(output_bands(frame)[1], (220, 30, 30), BAND_TOLERANCE)
+
+
+async def output_where(session: Session, check: Any) -> None:
+    with anyio.fail_after(WAIT):
+        async for frame in session.frames():
+            if check(frame):
+                return
+    raise AssertionError("the session ended before the output passed the check")
+
+
+async def test_set_sends_prompt_and_image_as_one_request_and_clears_the_image_without_one(
+    server: ReferenceServer,
+) -> None:
+    events: list[Event] = []
+    async with connect(server.url, model="echo", **small(server, events)) as session:
+        await session.set(prompt="both at once", image=REFERENCE)
+        await output_where(session, shows_reference)
+        await frame_with_band(session, "both at once")
+        # A prompt alone replaces the whole state: the reference is cleared (JS set()).
+        await session.set(prompt="words only", enhance=False)
+        await output_where(session, lambda f: not shows_reference(f))
+        await frame_with_band(session, "words only")
+        await session.set_image(REFERENCE)
+        await output_where(session, shows_reference)
+        await session.set(image=None)  # only clear
+        await output_where(session, lambda f: not shows_reference(f))
+        with pytest.raises(ValueError, match=r"set\(\) needs prompt= or image="):
+            await session.set()
+        with pytest.raises(ValueError, match="prompt must not be empty"):
+            await session.set(prompt="")
+        room = session.room_name
+    acked = [e for e in events if isinstance(e, RequestAcked)]
+    assert [e.request for e in acked] == [1, 2, 3, 4]  # one request, one ack, per call
+    assert not [e for e in events if isinstance(e, ErrorOccurred)]
+    await server_idle(server, room)
+
+
+async def test_a_calls_timeout_overrides_the_default_ack_wait() -> None:
+    knobs = ServerKnobs(ack_delay=1.0)
+    async with ReferenceServer(host="127.0.0.1", port=0, knobs=knobs) as server:
+        async with connect(server.url, model="echo", **small(server, [])) as session:
+            with pytest.raises(RequestTimedOut, match=r"no ack within 0\.2 s"):
+                await session.set_prompt("too slow", timeout=0.2)
+            with pytest.raises(RequestTimedOut, match=r"no ack within 0\.2 s"):
+                await session.set(prompt="too slow too", timeout=0.2)
+            await session.set_image(REFERENCE, timeout=5.0)  # the server's 1 s fits
+            with pytest.raises(ValueError, match="timeout must be a finite number > 0"):
+                await session.set_prompt("never sent", timeout=0)
+            room = session.room_name
+        await server_idle(server, room)

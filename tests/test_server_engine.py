@@ -584,6 +584,26 @@ def test_runtime_requests_while_generating_reconfigure_the_model() -> None:
     assert effects(out, ConfigureModel) == [ConfigureModel("plain", None, True)]  # cleared
 
 
+def test_a_bare_null_set_image_clears_the_reference_but_is_no_state_to_start_from() -> None:
+    """The JS client's setImage(null): {"type":"set_image","image_data":null}."""
+    h = Harness()
+    h.open()
+    h.join(passthrough=False)
+    h.feed(0, ClientVideoArrived())
+    h.frame(0, {"type": "set_image", "image_data": None})
+    assert h.types()[-1] == "set_image_ack" and h.phase() is P.STREAMING  # still waiting
+    h.frame(0, {"type": "set_image", "image_data": IMAGE, "prompt": "a cat"})
+    request = decode_request(h)
+    h.feed(0, ReferenceDecoded(request))
+    h.new()
+    assert h.phase() is P.GENERATING and h.sessions[0].model_state == ("a cat", request)
+    h.frame(0, {"type": "set_image", "image_data": None, "enhance_prompt": True})
+    out = h.new()
+    assert effects(out, ConfigureModel) == [ConfigureModel("a cat", None, False)]
+    cleared: tuple[str | None, RequestNumber | None] = h.sessions[0].model_state
+    assert cleared == ("a cat", None)
+
+
 def test_too_many_pending_requests_close_the_connection() -> None:
     h = Harness(ServerKnobs(max_pending_requests=2))
     h.open()

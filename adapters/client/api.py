@@ -16,11 +16,12 @@ first ``events()`` iterator receives, so none is lost.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Final, Literal
 
 import anyio
 import anyio.abc
@@ -85,6 +86,17 @@ class Milestone:
     at: float
     attempt: int
     name: str
+
+
+class _Unset(enum.Enum):
+    """An argument left out (where None means something: ``set(image=None)``)."""
+
+    UNSET = "UNSET"
+
+
+def _check_prompt(prompt: str) -> None:
+    if not prompt:
+        raise ValueError("prompt must not be empty (as the JS client refuses it)")
 
 
 @attrs.define(eq=False)
@@ -200,26 +212,63 @@ class Session:
 
     # ---- requests ---------------------------------------------------------------------
 
-    async def set_prompt(self, prompt: str, *, enhance: bool = True) -> None:
-        """Send a ``prompt``; return on its ack. Raises :class:`RequestRejected`,
+    async def set_prompt(
+        self, prompt: str, *, enhance: bool = True, timeout: float | None = None
+    ) -> None:
+        """Send a ``prompt``; return on its ack, waiting at most ``timeout``
+        seconds (default: ``Timeouts.request_ack``). Raises :class:`RequestRejected`,
         :class:`RequestTimedOut`, another :class:`RequestError`,
         ``NotConnectedError`` (not connected now) or :class:`SessionClosed`."""
+        _check_prompt(prompt)
         request = self._new_request()
-        await self._request(request, ChangePrompt(request, prompt, enhance))
+        await self._request(request, ChangePrompt(request, prompt, enhance, timeout=timeout))
 
     async def set_image(
         self,
-        image: ImageInput,
+        image: ImageInput | None,
         *,
         prompt: str | None = None,
         enhance_prompt: bool | None = None,
+        timeout: float | None = None,
     ) -> None:
         """Send a ``set_image`` (bytes, path, data: URL, base64 or array; see
-        :func:`~leanjoin.adapters.client.images.image_to_base64`); return on its ack."""
-        data = image_to_base64(image)
+        :func:`~leanjoin.adapters.client.images.image_to_base64`; None clears the
+        reference: ``image_data: null``); ``prompt`` and ``enhance_prompt`` are
+        sent only when given. Returns on its ack; ``timeout`` as for
+        :meth:`set_prompt`."""
+        await self._set_image(image, prompt, enhance_prompt, timeout)
+
+    async def set(
+        self,
+        *,
+        prompt: str | None = None,
+        image: ImageInput | Literal[_Unset.UNSET] | None = _Unset.UNSET,
+        enhance: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Set the model's state in one ``set_image`` request, as the JS
+        client's ``set()``: the prompt if given, ``enhance_prompt`` always, and
+        the image, or ``image_data: null`` without one (a reference set before
+        is cleared, also when only a prompt is given). Needs ``prompt`` or
+        ``image`` (``image=None``: only clear the reference). Returns on its
+        ack; ``timeout`` as for :meth:`set_prompt`."""
+        if image is _Unset.UNSET and prompt is None:
+            raise ValueError("set() needs prompt= or image= (image=None clears the reference)")
+        if prompt is not None:
+            _check_prompt(prompt)
+        await self._set_image(None if image is _Unset.UNSET else image, prompt, enhance, timeout)
+
+    async def _set_image(
+        self,
+        image: ImageInput | None,
+        prompt: str | None,
+        enhance_prompt: bool | None,
+        timeout: float | None,
+    ) -> None:
+        data = None if image is None else image_to_base64(image)
         request = self._new_request()
         command = ChangeImage(
-            request, image_data=data, prompt=prompt, enhance_prompt=enhance_prompt
+            request, image_data=data, prompt=prompt, enhance_prompt=enhance_prompt, timeout=timeout
         )
         await self._request(request, command)
 

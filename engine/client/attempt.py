@@ -40,6 +40,7 @@ class PendingRequest:
     kind: str  # "prompt" | "set_image"
     prompt: str | None
     deadline: float
+    timeout: float  # seconds from the send to the deadline (the call's or the default)
     expired: bool = False
 
 

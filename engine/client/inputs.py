@@ -11,6 +11,7 @@ from typing import Literal, NewType, TypeAlias
 
 import attrs
 
+from ..validators import positive_or_none
 from .config import InitialState
 
 AttemptId = NewType("AttemptId", int)
@@ -41,16 +42,21 @@ class Connect:
 
 @attrs.frozen
 class ChangePrompt:
-    """A runtime ``prompt`` request; answered by a ``prompt_ack`` with its text."""
+    """A runtime ``prompt`` request; answered by a ``prompt_ack`` with its text.
+    ``timeout``: seconds to wait for the ack (None: ``Timeouts.request_ack``)."""
 
     request: RequestId
     prompt: str
     enhance_prompt: bool = True
+    timeout: float | None = attrs.field(default=None, validator=positive_or_none, kw_only=True)
 
 
 @attrs.frozen
 class ChangeImage:
-    """A runtime ``set_image`` request; ``set_image_ack`` answers them in order."""
+    """A runtime ``set_image`` request; ``set_image_ack`` answers them in order.
+    Neither ``image_data`` nor ``image_ref``: ``image_data: null``, which clears
+    the reference (spec §4.1). ``prompt`` and ``enhance_prompt`` go on the wire
+    only when given. ``timeout`` as for :class:`ChangePrompt`."""
 
     request: RequestId
     image_data: str | None = attrs.field(
@@ -59,10 +65,11 @@ class ChangeImage:
     image_ref: str | None = None
     prompt: str | None = None
     enhance_prompt: bool | None = None
+    timeout: float | None = attrs.field(default=None, validator=positive_or_none, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
-        if (self.image_data is None) == (self.image_ref is None):
-            raise ValueError("ChangeImage takes exactly one of image_data or image_ref")
+        if self.image_data is not None and self.image_ref is not None:
+            raise ValueError("ChangeImage takes image_data or image_ref, not both")
 
 
 @attrs.frozen

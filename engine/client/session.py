@@ -40,6 +40,7 @@ from transitions import EventData
 
 from ..codec import FrameProblem, IgnoredFrame, encode, parse_server_frame
 from ..messages import (
+    ABSENT,
     Error,
     GenerationEnded,
     GenerationStarted,
@@ -560,7 +561,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
                 if pending.request == request and not pending.expired:
                     pending.expired = True
                     attempt.drop_excess_tombstones()
-                    message = f"no ack within {timeouts.request_ack:g} s"
+                    message = f"no ack within {pending.timeout:g} s"
                     self._emit(
                         RequestFailed(
                             attempt.id, pending.request, ErrorKind.REQUEST_TIMEOUT, message
@@ -618,15 +619,18 @@ class ClientSession(SansIOEngine[Output, _Due]):
         self._last_request = request
 
     def _send_request(self, event: EventData) -> None:
-        request: RequestId
+        command: ChangePrompt | ChangeImage
         message: Prompt | SetImage
-        request, message = event.args
+        command, message = event.args
         attempt = self._live()
         send = attempt.new_send()
-        attempt.request_sends[send] = request
-        deadline = self._now + self.config.timeouts.request_ack
+        attempt.request_sends[send] = command.request
+        # The call's own ack deadline, carried by its input (spec §4.3).
+        timeout = self.config.timeouts.request_ack if command.timeout is None else command.timeout
         prompt = message.prompt if isinstance(message, Prompt) else None
-        attempt.requests.append(PendingRequest(request, message.type, prompt, deadline))
+        attempt.requests.append(
+            PendingRequest(command.request, message.type, prompt, self._now + timeout, timeout)
+        )
         self._emit(SendFrame(attempt.id, send, FramePurpose.REQUEST, encode(message)))
 
     def _on_change_prompt(self, command: ChangePrompt) -> None:
@@ -636,25 +640,27 @@ class ClientSession(SansIOEngine[Output, _Due]):
             self._initial, prompt=command.prompt, enhance_prompt=command.enhance_prompt
         )
         message = Prompt(command.prompt, command.enhance_prompt)
-        self._fire("send_request", command.request, message)
+        self._fire("send_request", command, message)
 
     def _on_change_image(self, command: ChangeImage) -> None:
         self._require_connected("set_image")
         self._next_request(command.request)
+        # The image is replaced, or cleared (neither given): a reconnect replays that.
         changes: dict[str, Any] = {"image_data": command.image_data, "image_ref": command.image_ref}
         if command.prompt is not None:
             changes["prompt"] = command.prompt
         if command.enhance_prompt is not None:
             changes["enhance_prompt"] = command.enhance_prompt
         self._initial = attrs.evolve(self._initial, **changes)
-        message = InitialState(
-            image_data=command.image_data,
-            image_ref=command.image_ref,
-            prompt=command.prompt,
-            enhance_prompt=command.enhance_prompt,
-        ).frame()
-        assert isinstance(message, SetImage)
-        self._fire("send_request", command.request, message)
+        # As sent by the JS client's setImage/set: prompt and enhance_prompt
+        # only when given; no image at all is image_data: null.
+        message = SetImage(
+            image_data=command.image_data if command.image_ref is None else ABSENT,
+            image_ref=ABSENT if command.image_ref is None else command.image_ref,
+            prompt=ABSENT if command.prompt is None else command.prompt,
+            enhance_prompt=ABSENT if command.enhance_prompt is None else command.enhance_prompt,
+        )
+        self._fire("send_request", command, message)
 
     def _on_socket_opened(self, _result: SocketOpened) -> None:
         if not self._can("socket_opened"):

@@ -47,7 +47,7 @@ class Request:
     ) -> Request:
         """The request, with its image bytes or the reason it is refused."""
         request = cls(id, message, initial)
-        if not isinstance(message, SetImage) or request.changes_nothing:
+        if not isinstance(message, SetImage) or request.no_state:
             return request
         if message.image_ref is not ABSENT:
             request.rejection = "image_ref is not supported by this server: send image_data"
@@ -59,8 +59,10 @@ class Request:
         return request
 
     @property
-    def changes_nothing(self) -> bool:
-        """The null bootstrap ``set_image`` of a passthrough session."""
+    def no_state(self) -> bool:
+        """A ``set_image`` with neither an image nor a prompt (the null
+        bootstrap of a passthrough session, or a client clearing its
+        reference): applied, it clears, but it is no state to start from."""
         return isinstance(self.message, SetImage) and self.message.is_null_bootstrap
 
 

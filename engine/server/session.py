@@ -432,9 +432,9 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
 
     def _finish(self, error: str | None) -> None:
         request = self._work.popleft()
-        if error is None and not request.changes_nothing:
+        if error is None:
             self._apply(request)
-        if error is not None:
+        else:
             self._emit(ProblemNoted(f"{request.message.type} rejected: {error}"))
         drop = self.knobs.drop_ack
         if self.faults and (drop is AckDrop.ALL or (drop is AckDrop.INITIAL and request.initial)):
@@ -456,7 +456,8 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
                 self._reference = None  # an explicit null clears the reference
             if message.prompt is not ABSENT:
                 self._prompt = message.prompt
-        self._applied = True
+        if not request.no_state:  # a bare clear is nothing generation can start from
+            self._applied = True
         if self.phase is P.GENERATING:
             self._configure_model()
 

@@ -80,6 +80,9 @@ FLUSH_TIMEOUT: Final = 2.0  # seconds a closing connection gets to send its last
 OUTBOX_HIGH_BYTES: Final = 1 << 20
 OUTBOX_LOW_BYTES: Final = 1 << 18
 DEAF_PEER_TIMEOUT: Final = 5.0
+# websockets' INFO lines for every connection say what the session's own lines
+# say ("awaiting_join", "closed"), and cost as much: two of seven lines a handshake.
+_PER_CONNECTION_LINES: Final = frozenset({"connection open", "connection closed"})
 _TIMER: Final = object()  # pump item: the connection's deadline is due
 _ADMIT: Final = object()  # pump item: the admission rate timer is due
 
@@ -145,6 +148,20 @@ class _Connection:
 
     def __repr__(self) -> str:
         return f"<connection {self.number} {self.engine.phase.value}>"
+
+
+def _not_per_connection(record: logging.LogRecord) -> bool:
+    return record.msg not in _PER_CONNECTION_LINES
+
+
+def _wire_logger() -> logging.Logger:
+    """The wire logger (:func:`wire_logger`) without websockets' line per
+    connection opened and closed; its other lines (server start and stop, a
+    refused request, errors) still come through."""
+    wire = wire_logger(log)
+    if _not_per_connection not in wire.filters:
+        wire.addFilter(_not_per_connection)
+    return wire
 
 
 def _reference_swatch(data: bytes) -> Swatch:
@@ -246,7 +263,7 @@ class ReferenceServer:
                 # and a dropped SYN costs its client a one-second retransmit.
                 backlog=LISTEN_BACKLOG,
                 create_connection=UplinkConnection,
-                logger=wire_logger(log),
+                logger=_wire_logger(),
             )
         except BaseException:
             await self._livekit.aclose()

@@ -1,6 +1,16 @@
-"""anyio I/O around the sans-IO engine: ``async with leanjoin.adapters.connect(...)``."""
+"""anyio I/O around the sans-IO engine: ``async with leanjoin.adapters.connect(...)``.
 
-from leanjoin.adapters.client.api import Milestone, Session, connect
+The anyio client (``connect``, ``Session``, the socket, room and video
+classes) loads on first use (PEP 562), so a package beside it that does not
+use it imports none of it: ``leanjoin.adapters.load``, the gevent adapter
+Locust runs, loads this file first.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Final
+
 from leanjoin.adapters.client.errors import (
     ConnectFailed,
     ImageError,
@@ -12,7 +22,6 @@ from leanjoin.adapters.client.errors import (
     SessionClosed,
     UnsupportedImageSource,
 )
-from leanjoin.adapters.client.images import image_to_base64
 from leanjoin.adapters.client.models import (
     ModelDefinition,
     ModelDeprecationWarning,
@@ -20,15 +29,6 @@ from leanjoin.adapters.client.models import (
     is_realtime_model,
     list_models,
 )
-from leanjoin.adapters.client.room_transport import MediaOptions
-from leanjoin.adapters.client.video_sources import (
-    ArraySource,
-    FileSource,
-    Frame,
-    TestPattern,
-    VideoSource,
-)
-from leanjoin.adapters.client.ws_transport import SocketOptions
 from leanjoin.engine.client.config import RetryPolicy, Timeouts
 from leanjoin.engine.client.outputs import (
     ConnectionState,
@@ -47,6 +47,48 @@ from leanjoin.engine.client.outputs import (
     StateChanged,
 )
 from leanjoin.engine.client.session import NotConnectedError, UsageError
+
+if TYPE_CHECKING:
+    from leanjoin.adapters.client.api import Milestone, Session, connect
+    from leanjoin.adapters.client.images import image_to_base64
+    from leanjoin.adapters.client.room_transport import MediaOptions
+    from leanjoin.adapters.client.video_sources import (
+        ArraySource,
+        FileSource,
+        Frame,
+        TestPattern,
+        VideoSource,
+    )
+    from leanjoin.adapters.client.ws_transport import SocketOptions
+
+# Where each name of the anyio client lives (the imports above, at run time).
+_LAZY: Final = {
+    "Milestone": "api",
+    "Session": "api",
+    "connect": "api",
+    "image_to_base64": "images",
+    "MediaOptions": "room_transport",
+    "ArraySource": "video_sources",
+    "FileSource": "video_sources",
+    "Frame": "video_sources",
+    "TestPattern": "video_sources",
+    "VideoSource": "video_sources",
+    "SocketOptions": "ws_transport",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"leanjoin.adapters.client.{module}"), name)
+    globals()[name] = value  # once loaded, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ArraySource",

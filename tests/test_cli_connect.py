@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +154,74 @@ def test_help_documents_the_exit_codes() -> None:
     codes = re.findall(r"^\s+(\d)\s+\S", documented, re.MULTILINE)
     assert codes == ["0", "1", "2", "3"]
     assert "rejected the initial image or prompt" in " ".join(documented.split())
+
+
+# ---- signals and noise ----------------------------------------------------------------------
+
+
+@contextmanager
+def connect_process(url: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """The real command, started; killed on the way out if it is still running."""
+    process = subprocess.Popen(
+        [str(LEANJOIN), "connect", url, "--model", "echo", "--json", *args],
+        env={**os.environ, "LEANJOIN_API_KEY": KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sigterm_disconnects_cleanly_like_ctrl_c() -> None:
+    # Issue #14: SIGTERM killed the command where it stood: no goodbye to the
+    # server, no last event, exit -15.
+    with served(KEY) as url, connect_process(url) as process:
+        assert process.stdout is not None
+        seen: list[dict[str, Any]] = []
+        for line in process.stdout:  # bounded: the server is local and healthy
+            seen.append(json.loads(line))
+            if seen[-1]["event"] == "session_started":
+                break
+        process.send_signal(signal.SIGTERM)
+        rest, err = process.communicate(timeout=30)
+    seen += events(rest)
+    assert process.returncode == 0, err
+    assert seen[-1]["event"] == "state_changed" and seen[-1]["state"] == "disconnected"
+    assert "Traceback" not in err
+
+
+def test_sigterm_while_connecting_stops_and_says_it_did_not_connect(silent_port: int) -> None:
+    with connect_process(f"ws://127.0.0.1:{silent_port}/v1/stream") as process:
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())  # connecting: the socket is opening
+        assert first["state"] == "connecting"
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert err.strip() == "leanjoin: interrupted before connecting"
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_native_noise_is_silenced_unless_verbose(verbose: bool) -> None:
+    # The OpenH264 encoder (inside the LiveKit client) writes a framerate warning
+    # to the process's stderr a few seconds in; the client logs its /rtc/v1
+    # fallback on every join (the double serves only the v0 path).
+    with served(KEY) as url:
+        args = ["-v"] if verbose else []
+        run = subprocess.run(
+            [str(LEANJOIN), *args, "connect", url, "--model", "echo", "--json", "--seconds", "4"],
+            env={**os.environ, "LEANJOIN_API_KEY": KEY},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 0, run.stderr
+    if verbose:
+        assert "v1 path" in run.stderr  # -v shows what the LiveKit client says
+    else:
+        assert run.stderr == ""

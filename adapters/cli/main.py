@@ -21,13 +21,16 @@ import importlib
 import logging
 import math
 import os
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import click
 from rich.console import Console
@@ -58,6 +61,7 @@ from leanjoin.engine.client.outputs import (
 )
 
 from .display import StatusView, describe, event_json
+from .native_stderr import NativeStderr, filtered_stderr
 
 SERVER_EXTRA: Final = "pip install 'leanjoin[server]'"
 
@@ -90,6 +94,8 @@ def _configure_logging(verbose: int) -> None:
         # The native LiveKit client warns about its v1 -> v0 signal fallback on
         # every join (the double serves v0 only): noise unless asked for.
         logging.getLogger("livekit").setLevel(logging.ERROR)
+    # What the native libraries write to stderr themselves (see entry()).
+    NativeStderr.show_noise = verbose > 0
 
 
 class ExitCode(enum.IntEnum):
@@ -333,7 +339,10 @@ class _ConnectRun:
         # The initial image/prompt: None while unanswered, else (accepted, why not).
         self._asked = initial_state
         self._answer: tuple[bool, str] | None = None
+        # Made in run() (anyio events belong to its loop): the answer came (or
+        # cannot come any more); the user asked to leave, or the session ended.
         self._answered: anyio.Event | None = None
+        self._leave: anyio.Event | None = None
 
     def outcome(self, failure: str | None = None) -> tuple[ExitCode, str | None]:
         """The exit code and the line that explains it (None: nothing to say)."""
@@ -391,6 +400,7 @@ class _ConnectRun:
         """Connect, stay, leave; the exit code and its reason (see :meth:`outcome`)."""
         self._start = anyio.current_time()
         self._answered = anyio.Event()
+        self._leave = anyio.Event()
         if not self._asked:
             self._answered.set()
         display: contextlib.AbstractContextManager[Live | None] = (
@@ -398,45 +408,75 @@ class _ConnectRun:
             if self._json
             else Live(self._view, console=self._console, refresh_per_second=8, transient=True)
         )
+        failure: str | None = None
         with display as live:
             self._live = live
-            try:
-                async with connect(
-                    url,
-                    api_key=api_key,
-                    model=model,
-                    image=image_data,
-                    prompt=prompt,
-                    camera=camera,
-                    media=media,
-                    retry=self._retry,
-                    timeouts=self._timeouts,
-                    on_event=self._on_event,
-                ) as session:
-                    await self._stay(session)
-            except LeanJoinError as exc:
-                return self.outcome(str(exc))
-        return self.outcome()
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._on_signals, tg.cancel_scope)
+                try:
+                    async with connect(
+                        url,
+                        api_key=api_key,
+                        model=model,
+                        image=image_data,
+                        prompt=prompt,
+                        camera=camera,
+                        media=media,
+                        retry=self._retry,
+                        timeouts=self._timeouts,
+                        on_event=self._on_event,
+                    ) as session:
+                        await self._stay(session)
+                except LeanJoinError as exc:
+                    failure = str(exc)
+                finally:
+                    tg.cancel_scope.cancel()
+        return self.outcome(failure)
 
     async def _stay(self, session: Session) -> None:
+        assert self._leave is not None and self._answered is not None
         async with anyio.create_task_group() as tg:
             if self._save is not None:
                 tg.start_soon(_save_frames, session, self._save)
-            if self._seconds is not None:
-                with anyio.move_on_after(self._seconds):
-                    await _until_closed(session)
-                # What was asked for is not known before its answer (bounded by
-                # the engine's initial-state ack deadline).
-                assert self._answered is not None
-                await self._answered.wait()
-            else:
-                await _until_closed(session)
+            tg.start_soon(self._until_closed, session)
+            with anyio.move_on_after(math.inf if self._seconds is None else self._seconds):
+                await self._leave.wait()
+            # What was asked for is not known before its answer (bounded by the
+            # engine's initial-state ack deadline; a signal or the end stops the wait).
+            await self._answered.wait()
             tg.cancel_scope.cancel()
 
+    async def _until_closed(self, session: Session) -> None:
+        async for _ in session.events():
+            pass
+        self._stop_waiting()
 
-async def _until_closed(session: Session) -> None:
-    async for _ in session.events():
-        pass
+    def _stop_waiting(self) -> None:
+        assert self._leave is not None and self._answered is not None
+        self._leave.set()
+        self._answered.set()
+
+    async def _on_signals(
+        self,
+        connecting: anyio.CancelScope,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """SIGTERM ends the session as Ctrl-C (SIGINT) does. Connected, the
+        session is left normally: ``connect()`` says goodbye to the server
+        (``client disconnect``) and reports the last events. Still connecting
+        (or at a second signal), the connect is cancelled, which closes
+        whatever it opened (shielded, bounded)."""
+        if threading.current_thread() is not threading.main_thread():
+            task_status.started()
+            return  # signal handlers belong to the main thread (a test runner's worker)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for _ in signals:
+                if not self._connected or self._leave is None or self._leave.is_set():
+                    connecting.cancel()
+                    return
+                self._stop_waiting()
 
 
 async def _save_frames(session: Session, directory: Path) -> None:
@@ -515,17 +555,19 @@ def entry() -> None:
     interpreter finalization. The native LiveKit client's threads can call into
     a finalizing interpreter and abort the process ("panic in a function that
     cannot unwind") after a session that ended cleanly; everything is closed
-    by then, so only buffers need flushing."""
-    try:
-        main()
-        status = 0
-    except SystemExit as exc:
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-            status = 1
-        else:
-            status = 0 if exc.code is None else exc.code
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    by then, so only buffers need flushing. The native libraries' own writes to
+    stderr go through :func:`~.native_stderr.filtered_stderr` meanwhile."""
+    with filtered_stderr():
+        try:
+            main()
+            status = 0
+        except SystemExit as exc:
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+                status = 1
+            else:
+                status = 0 if exc.code is None else exc.code
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(status)

@@ -59,7 +59,7 @@ def test_connect_does_not_import_the_server_stack() -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["code"] == 0, report["output"]
-    assert "Usage: main connect [OPTIONS] URL" in report["output"]
+    assert "Usage: main connect [OPTIONS] [URL]" in report["output"]
     imported = [
         module
         for module in report["modules"]

@@ -81,9 +81,9 @@ def test_the_server_stack_is_the_server_extra_not_a_base_dependency() -> None:
     assert {"livekit", "av", "numpy", "websockets", "anyio"} <= base
 
 
-def test_dev_installs_the_server_extra() -> None:
-    # `./dev test` and `./dev demo` run the reference server.
-    assert "'.[dev,server]'" in (ROOT / "dev").read_text()
+def test_dev_installs_the_server_and_load_extras() -> None:
+    # `./dev test` and `./dev demo` run the reference server; tests/test_load.py runs Locust.
+    assert "'.[dev,server,load]'" in (ROOT / "dev").read_text()
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ Latency is per client, from opening the socket to holding both
 
     .venv/bin/python bench/bench_server.py            # 500 clients
     .venv/bin/python bench/bench_server.py --clients 100 --initial prompt
+    .venv/bin/python bench/bench_server.py --workers 2 # two server processes, one port
 
 Prints a markdown table row (with its header).
 """
@@ -40,6 +41,28 @@ def _cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_pids(pid: int) -> list[int]:
+    """The server process and its children (the workers of ``--workers``)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            if parent == pid:
+                children.append(int(entry.name))
+    return [pid, *children]
+
+
+def _tree_cpu_seconds(pids: list[int]) -> float:
+    return sum(_cpu_seconds(pid) for pid in pids)
+
+
+def _tree_rss_kib(pids: list[int]) -> int:
+    return sum(proc_status(pid)["VmRSS"] for pid in pids)
 
 
 def _initial_frame(kind: str) -> str:
@@ -80,14 +103,17 @@ async def _handshake(
     return time.perf_counter() - began
 
 
-async def _run(clients: int, initial_kind: str, ramp: float) -> None:
-    server = ServerProcess.start(None, "--capacity", str(clients))
+async def _run(clients: int, initial_kind: str, ramp: float, workers: int) -> None:
+    # --capacity is per worker: each admits every client it may get.
+    server = ServerProcess.start(None, "--capacity", str(clients), "--workers", str(workers))
     url, key = server.url, server.api_key
     sockets: list[ClientConnection] = []
     try:
         await asyncio.sleep(0.5)  # let the server settle before the baseline
-        before = proc_status(server.pid)["VmRSS"]
-        cpu_before = _cpu_seconds(server.pid)
+        pids = _server_pids(server.pid)
+        assert len(pids) == (1 if workers == 1 else 1 + workers), pids
+        before = _tree_rss_kib(pids)
+        cpu_before = _tree_cpu_seconds(pids)
         bench_cpu_before = time.process_time()
         start = asyncio.Event()
         full_url = f"{url}?api_key={key}&model=bench"
@@ -101,10 +127,10 @@ async def _run(clients: int, initial_kind: str, ramp: float) -> None:
         start.set()
         results = await asyncio.gather(*tasks)
         wall = time.perf_counter() - began
-        server_cpu = _cpu_seconds(server.pid) - cpu_before
+        server_cpu = _tree_cpu_seconds(pids) - cpu_before
         bench_cpu = time.process_time() - bench_cpu_before
         await asyncio.sleep(SETTLE)
-        after = proc_status(server.pid)["VmRSS"]
+        after = _tree_rss_kib(pids)
         open_now = sum(1 for s in sockets if s.close_code is None)
     finally:
         await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
@@ -115,13 +141,13 @@ async def _run(clients: int, initial_kind: str, ramp: float) -> None:
     p99 = latencies[min(done - 1, int(0.99 * done))] * 1000 if latencies else float("nan")
     per_connection = (after - before) / max(open_now, 1)
     print(
-        "| clients | arrivals | initial state | all complete | p50 ms | p99 ms | wall s "
+        "| clients | workers | arrivals | initial state | all complete | p50 ms | p99 ms | wall s "
         "| server CPU s (ms per handshake) | bench client CPU s "
         "| server RSS before -> after MiB | RSS per idle connection KiB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {clients} | {'all at once' if ramp == 0 else f'over {ramp:g} s'} | {initial_kind} | {'yes' if done == clients else 'no'} ({done}/{clients}) "
+        f"| {clients} | {workers} | {'all at once' if ramp == 0 else f'over {ramp:g} s'} | {initial_kind} | {'yes' if done == clients else 'no'} ({done}/{clients}) "
         f"| {p50:.1f} | {p99:.1f} | {wall:.2f} "
         f"| {server_cpu:.2f} ({server_cpu / clients * 1000:.2f}) | {bench_cpu:.2f} "
         f"| {before / 1024:.1f} -> {after / 1024:.1f} "
@@ -139,8 +165,15 @@ def main() -> None:
         default=0.0,
         help="spread the arrivals over this many seconds (0: all at once)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on the one port (leanjoin serve --workers); CPU and "
+        "memory are summed over them and their parent",
+    )
     args = parser.parse_args()
-    asyncio.run(_run(args.clients, args.initial, args.ramp))
+    asyncio.run(_run(args.clients, args.initial, args.ramp, args.workers))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import attrs
 import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -521,6 +522,112 @@ def test_serve_prints_the_url_logs_phases_without_secrets_and_stops_on_ctrl_c() 
     assert "SIGUSR1: room loss" in log and "disconnecting the participants of 0 room(s)" in log
     for secret in (key, token, RED_PNG[:40]):
         assert secret not in log
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_serve_workers_share_one_port_and_all_stop_on_sigterm() -> None:
+    """``leanjoin serve --workers 2``: one URL, two processes accepting on its
+    port; handshakes arriving at once all complete and both workers serve some
+    (each hands out its own LiveKit double, and logs its lines under its pid);
+    the knobs reach every worker; SIGTERM to the parent stops every process."""
+    command = [
+        sys.executable,
+        "-m",
+        "leanjoin.adapters.cli.serve",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--capacity",
+        "40",
+        "--room-info-delay",
+        "0.05",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    clients = 40
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        key = process.stdout.readline().split()[-1]
+        workers_line = process.stdout.readline()
+        doubles = {process.stdout.readline().split()[-1] for _ in range(2)}
+        assert url.startswith("ws://127.0.0.1:") and url.endswith("/v1/stream")
+        assert workers_line.startswith("workers: 2 (pids ")
+        pids = [
+            int(pid) for pid in workers_line.partition("(pids ")[2].partition(")")[0].split(", ")
+        ]
+        assert len(pids) == 2 and process.pid not in pids and len(doubles) == 2
+
+        async def handshake(results: list[tuple[str, float]]) -> None:
+            began = time.monotonic()
+            async with await connect(f"{url}?api_key={key}&model=echo") as socket:
+                await send(socket, {"type": "livekit_join", "passthrough": False})
+                await send(socket, {"type": "prompt", "prompt": "two workers"})
+                # The ack may overtake room_info, held back by its delay.
+                frames = {
+                    frame["type"]: frame for frame in [await recv(socket), await recv(socket)]
+                }
+                info = frames["livekit_room_info"]
+                assert frames["prompt_ack"]["success"] is True
+                results.append((str(info["livekit_url"]), time.monotonic() - began))
+
+        async def burst() -> list[tuple[str, float]]:
+            results: list[tuple[str, float]] = []
+            with anyio.fail_after(4 * WAIT):
+                async with anyio.create_task_group() as group:
+                    for _ in range(clients):
+                        group.start_soon(handshake, results)
+            return results
+
+        results = anyio.run(burst)
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=4 * WAIT)
+    finally:
+        process.kill()
+    assert len(results) == clients
+    served = {double for double, _ in results}
+    assert served == doubles  # both workers served some
+    # room_info came after the room_info delay, so each worker had the knob.
+    assert min(seconds for _, seconds in results) >= 0.05
+    assert process.returncode == 0
+    assert all(_gone(pid) for pid in pids)
+    for pid in pids:
+        assert f"(pid {pid}) INFO leanjoin.server: session 1: in_room" in log
+    assert key not in log
+
+
+def test_workers_get_the_knobs_the_parent_was_given() -> None:
+    from leanjoin.adapters.cli.serve import knobs_from_options, serve
+    from leanjoin.adapters.cli.workers import knob_options
+    from leanjoin.engine.server.knobs import AckDrop, MediaFailurePhase
+
+    knobs = ServerKnobs(
+        capacity=3,
+        admissions_per_second=2.5,
+        room_info_delay=0.1 + 0.2,  # a float that needs all its digits
+        reject_reference=True,
+        drop_ack=AckDrop.INITIAL,
+        error_at=FaultPhase.QUEUED,
+        media_failure_at=MediaFailurePhase.GENERATING,
+        fault_connections=2,
+    )
+    assert knob_options(ServerKnobs()) == []
+    context = serve.make_context("serve", knob_options(knobs))
+    names = {field.name for field in attrs.fields(ServerKnobs)}
+    assert knobs_from_options({k: v for k, v in context.params.items() if k in names}) == knobs
 
 
 def test_the_model_styles_the_first_client_frame_itself() -> None:

@@ -14,8 +14,11 @@ import asyncio
 import contextlib
 import enum
 import gc
+import json
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
@@ -23,6 +26,7 @@ from typing import Any, Final, TypeVar
 import attrs
 import click
 
+from leanjoin.adapters.cli.workers import WORKER_KEY_ENV, knob_options, supervise
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.server.knobs import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
 
@@ -106,12 +110,35 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNGEST_THRESHOLD, middle, oldest)
 
 
-async def _run(host: str, port: int, api_key: str | None, knobs: ServerKnobs) -> None:
+def _watch_parent(stop: asyncio.Event) -> None:
+    """A worker's stdin is a pipe from its parent (``--workers``): its end
+    means the parent is gone, and the worker stops."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            ended = not os.read(fd, 4096)
+        except OSError:
+            ended = True
+        if ended:
+            loop.remove_reader(fd)
+            log.info("the parent process is gone: stopping")
+            stop.set()
+
+    loop.add_reader(fd, readable)
+
+
+async def _run(
+    host: str, port: int, api_key: str | None, knobs: ServerKnobs, worker: int | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with ReferenceServer(host=host, port=port, api_key=api_key, knobs=knobs) as server:
+    async with ReferenceServer(
+        host=host, port=port, api_key=api_key, knobs=knobs, reuse_port=worker is not None
+    ) as server:
         _tune_gc()
         losses: set[asyncio.Task[None]] = set()
 
@@ -124,15 +151,21 @@ async def _run(host: str, port: int, api_key: str | None, knobs: ServerKnobs) ->
             task.add_done_callback(losses.discard)
 
         loop.add_signal_handler(signal.SIGUSR1, lose_rooms)
-        click.echo(f"leanjoin reference server: {server.url}")
-        if api_key is None:
-            click.echo(f"api key (generated): {server.api_key}")
-        click.echo(f"LiveKit double: {server.livekit.url}")
+        if worker is not None:  # one line for the parent: listening
+            _watch_parent(stop)
+            ready = {"worker": worker, "pid": os.getpid(), "livekit": server.livekit.url}
+            click.echo(json.dumps(ready))
+        else:
+            click.echo(f"leanjoin reference server: {server.url}")
+            if api_key is None:
+                click.echo(f"api key (generated): {server.api_key}")
+            click.echo(f"LiveKit double: {server.livekit.url}")
         try:
             await stop.wait()
         finally:
             loop.remove_signal_handler(signal.SIGUSR1)
-        click.echo("shutting down", err=True)
+        if worker is None:
+            click.echo("shutting down", err=True)
 
 
 @click.command("serve")
@@ -145,18 +178,46 @@ async def _run(host: str, port: int, api_key: str | None, knobs: ServerKnobs) ->
     help="port to listen on (0: any free port)",
 )
 @click.option("--api-key", default=None, help="the key clients must send (default: generated)")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="processes serving the port (SO_REUSEPORT); each has its own admission "
+    "queue (--capacity is per worker) and LiveKit double",
+)
+@click.option("--worker-index", type=int, default=None, hidden=True)
 @_with_knob_options
-def serve(host: str, port: int, api_key: str | None, **knob_values: Any) -> None:
+def serve(
+    host: str,
+    port: int,
+    api_key: str | None,
+    workers: int,
+    worker_index: int | None,
+    **knob_values: Any,
+) -> None:
     """Run the reference lean-join server with its LiveKit double.
 
     Fault injection from outside: SIGUSR1 makes the LiveKit double disconnect
     every participant of every room with reason ROOM_DELETED (a room loss; each
     client reconnects on a fresh session). SIGINT or SIGTERM stops the server.
+
+    With --workers N, N processes accept on the one port, the kernel spreading
+    the connections; the parent forwards SIGUSR1 to each and stops them all on
+    SIGINT or SIGTERM. Capacity, queue length, admission rate and
+    --fault-connections hold per worker (protocol §10.8).
     """
     knobs = knobs_from_options(knob_values)
+    if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise click.UsageError("--workers needs SO_REUSEPORT, which this system lacks")
+    if worker_index is not None:  # started by a parent's --workers
+        api_key = os.environ.get(WORKER_KEY_ENV, api_key)
+        who = f"worker {worker_index} (pid {os.getpid()}) "
+    else:
+        who = ""
     logging.basicConfig(
         level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {who}%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     # transitions logs every callback at INFO: far too chatty for one line per phase.
@@ -165,9 +226,16 @@ def serve(host: str, port: int, api_key: str | None, **knob_values: Any) -> None
     # HOWTO's "Optimization"): ~1.5 us of each of a handshake's five lines.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup (file, line, function)
+    if workers > 1:
+        code = 1
+        with contextlib.suppress(KeyboardInterrupt):
+            code = asyncio.run(supervise(host, port, api_key, knob_options(knobs), workers))
+        click.echo("stopped", err=True)
+        sys.exit(code)
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
-        asyncio.run(_run(host, port, api_key, knobs))
-    click.echo("stopped", err=True)
+        asyncio.run(_run(host, port, api_key, knobs, worker_index))
+    if worker_index is None:
+        click.echo("stopped", err=True)
 
 
 if __name__ == "__main__":

@@ -192,9 +192,14 @@ class ReferenceServer:
         port: int = 0,
         api_key: str | None = None,
         knobs: ServerKnobs = ServerKnobs(),  # noqa: B008 - frozen, so one shared default is safe
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: listen with ``SO_REUSEPORT`` (Linux), so that several
+        processes serve one port, the kernel spreading the connections
+        (``leanjoin serve --workers``, protocol §10.8)."""
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port
         self.__api_key = api_key if api_key is not None else secrets.token_urlsafe(24)
         self.knobs = knobs
         self._livekit = LiveKitDouble(
@@ -262,6 +267,7 @@ class ReferenceServer:
                 # asyncio's default accept backlog (100) drops a burst of connects,
                 # and a dropped SYN costs its client a one-second retransmit.
                 backlog=LISTEN_BACKLOG,
+                reuse_port=self._reuse_port,
                 create_connection=UplinkConnection,
                 logger=_wire_logger(),
             )

@@ -59,6 +59,7 @@ from leanjoin.adapters import (
 from leanjoin.adapters.client.api import TIMELINE_LENGTH, Session
 from leanjoin.adapters.client.driver import Driver
 from leanjoin.adapters.client.fanout import Fanout
+from leanjoin.adapters.client.images import file_ref
 from leanjoin.adapters.client.png import encode_png
 from leanjoin.adapters.client.ws_transport import SignalSocket, SocketOptions
 from leanjoin.adapters.server.echo_model import decode_reference, echo_transform
@@ -579,6 +580,17 @@ def test_an_image_is_converted_once_and_small_pngs_never_pass_for_paths(tmp_path
     assert "!!!" not in str(caught.value) and "xxx" not in str(caught.value)
 
 
+def test_file_ids_are_image_refs_not_image_data(tmp_path: Path) -> None:
+    # As the official clients' isFileRefId ("file_..."), narrowed to an id's
+    # characters: a local file named file_photo.png is still a file.
+    assert file_ref("file_01HXYZ-abc_9") == "file_01HXYZ-abc_9"
+    for not_a_ref in ("file_photo.png", "dir/file_abc", "file_", " file_abc", b"file_abc"):
+        assert file_ref(not_a_ref) is None
+    assert file_ref(tmp_path / "file_abc") is None  # a path is a path
+    with pytest.raises(ImageError, match="uploaded file"):
+        image_to_base64("file_01HXYZ")
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -737,6 +749,22 @@ async def test_connect_runs_the_lean_join_and_the_output_follows_the_prompt(
     assert "first_output_frame" in milestones
     assert any(isinstance(e, InitialStateAcked) for e in seen)
     assert not any(API_KEY in repr(e) for e in seen)
+    await assert_nothing_left(lk, "room-1")
+
+
+async def test_a_file_id_is_sent_as_an_image_ref_at_connect_and_later(lk: LiveKitDouble) -> None:
+    # Issue #14: "file_..." was decoded as URL-safe base64 and sent as image_data.
+    async with FakeSignaling(lambda peer: healthy(peer, lk)) as server:
+        async with fake_connect(
+            server.url, image="file_01HXYZ-abc_9", prompt="p", timeouts=fast_timeouts()
+        ) as session:
+            await session.set_image("file_second")
+        peer = server.peers[0]
+        with anyio.fail_after(WAIT):
+            await peer.closed.wait()
+    initial, request = peer.received[1], peer.received[2]
+    assert initial["image_ref"] == "file_01HXYZ-abc_9" and "image_data" not in initial
+    assert request["image_ref"] == "file_second" and "image_data" not in request
     await assert_nothing_left(lk, "room-1")
 
 

@@ -62,7 +62,7 @@ from .errors import (
     SessionClosed,
 )
 from .fanout import Fanout
-from .images import ImageInput, image_to_base64
+from .images import ImageInput, file_ref, image_to_base64
 from .models import ModelDefinition, resolve_model
 from .room_transport import CameraFeed, MediaOptions
 from .video_sources import Frame, TestPattern, VideoSource
@@ -232,7 +232,8 @@ class Session:
         timeout: float | None = None,
     ) -> None:
         """Send a ``set_image`` (bytes, path, data: URL, base64 or array; see
-        :func:`~leanjoin.adapters.client.images.image_to_base64`; None clears the
+        :func:`~leanjoin.adapters.client.images.image_to_base64`; an uploaded
+        file's id, ``file_...``, goes as ``image_ref``; None clears the
         reference: ``image_data: null``); ``prompt`` and ``enhance_prompt`` are
         sent only when given. Returns on its ack; ``timeout`` as for
         :meth:`set_prompt`."""
@@ -265,10 +266,16 @@ class Session:
         enhance_prompt: bool | None,
         timeout: float | None,
     ) -> None:
-        data = None if image is None else image_to_base64(image)
+        ref = None if image is None else file_ref(image)
+        data = None if image is None or ref is not None else image_to_base64(image)
         request = self._new_request()
         command = ChangeImage(
-            request, image_data=data, prompt=prompt, enhance_prompt=enhance_prompt, timeout=timeout
+            request,
+            image_data=data,
+            image_ref=ref,
+            prompt=prompt,
+            enhance_prompt=enhance_prompt,
+            timeout=timeout,
         )
         await self._request(request, command)
 
@@ -415,7 +422,8 @@ async def connect(
     (not secret: logs show them); ``user_agent`` is always sent, by default
     ``leanjoin/<version> lang/python [integration] runtime/…``. ``image`` and
     ``prompt`` form the initial state (``passthrough`` is derived from them unless
-    given). ``model`` is a name of the registry (:func:`~leanjoin.adapters.client.models.list_models`,
+    given; an ``image`` that is an uploaded file's id, ``file_...``, is sent as
+    ``image_ref``). ``model`` is a name of the registry (:func:`~leanjoin.adapters.client.models.list_models`,
     or ``echo`` for the reference server) or a :class:`ModelDefinition` for any
     other model. ``camera`` defaults to a moving test pattern of the model's
     size and frame rate. Raises :class:`ConnectFailed` when the engine gives
@@ -442,8 +450,10 @@ async def connect(
         timeouts=timeouts,
         retry=retry if retry is not None else RetryPolicy(),
     )
+    ref = None if image is None else file_ref(image)
     initial = InitialState(
-        image_data=None if image is None else image_to_base64(image),
+        image_data=None if image is None or ref is not None else image_to_base64(image),
+        image_ref=ref,
         prompt=prompt,
         enhance_prompt=enhance_prompt,
     )

@@ -6,6 +6,9 @@ raw base64 text, or a uint8 numpy array (encoded as PNG). Nothing is ever
 fetched: ``http:``, ``https:``, ``file:`` and every other URL scheme is refused,
 so an untrusted string cannot make the client reach out anywhere.
 
+A string that is an uploaded file's id (:func:`file_ref`: ``file_`` and an
+id) is no image data: ``connect`` and ``set_image`` send it as ``image_ref``.
+
 Error messages name the kind of input and its size, never its content: image
 data is user content and may be private.
 """
@@ -35,7 +38,18 @@ ImageInput: TypeAlias = (
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+# The official clients' isFileRefId is "a string starting with file_"; here the
+# rest must look like an id, so that a local file_photo.png stays a file.
+_FILE_REF = re.compile(r"file_[A-Za-z0-9_-]+")
 _WHITESPACE = re.compile(r"\s+")
+
+
+def file_ref(image: ImageInput) -> str | None:
+    """``image`` itself when it is an uploaded file's id (a ``str``: ``file_``,
+    then letters, digits, ``_`` or ``-``), to be sent as ``image_ref``; else None."""
+    if isinstance(image, str) and _FILE_REF.fullmatch(image):
+        return image
+    return None
 
 
 def image_to_base64(image: ImageInput, *, max_bytes: int = MAX_IMAGE_BYTES) -> Base64Text:
@@ -52,6 +66,11 @@ def image_to_base64(image: ImageInput, *, max_bytes: int = MAX_IMAGE_BYTES) -> B
         return _encode(bytes(image), max_bytes)
     if isinstance(image, os.PathLike):
         return _encode(_read_file(Path(image), max_bytes), max_bytes)
+    if file_ref(image) is not None:
+        raise ImageError(
+            "the image is an uploaded file's id (file_...), not image data: pass it as "
+            "image= to connect() or set_image(), which send it as image_ref"
+        )
     if isinstance(image, str):
         return _from_text(image, max_bytes)
     raise ImageError(

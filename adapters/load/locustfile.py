@@ -1,7 +1,7 @@
 """Signaling-only lean-join users: ``locust -f adapters/load/locustfile.py``.
 
-Options: ``locust -f adapters/load/locustfile.py --help`` (the ``--leanjoin-*``
-ones), the api key from ``LEANJOIN_API_KEY``; see ``locust_user.py``.
+Options (``--leanjoin-*``, or ``LEANJOIN_*`` in the environment) and the api
+key (``LEANJOIN_API_KEY``): see the header of ``locust_user.py``.
 """
 
 from leanjoin.adapters.load import LeanJoinUser

@@ -42,6 +42,7 @@ from leanjoin.adapters import (
     InitialStateAcked,
     LeanJoinError,
     MediaOptions,
+    ModelDefinition,
     NotConnectedError,
     QueuePositionChanged,
     RequestRejected,
@@ -1219,10 +1220,41 @@ def test_every_error_the_public_api_raises_is_a_leanjoin_error() -> None:
         lambda: MediaOptions(codec="av1"),  # type: ignore[arg-type]
         lambda: MediaOptions(max_bitrate=0),
         lambda: TestPattern(15, 15),
+        lambda: ModelDefinition(name="m", width=15, height=16),
     ):
         with pytest.raises(LeanJoinError) as caught:
             bad()
         assert isinstance(caught.value, ValueError)  # and still a ValueError
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"url": "http://127.0.0.1:1/v1/stream"},  # not a WebSocket URL
+        {"url": "ws://127.0.0.1:1/v1/stream?x=1"},  # options go in query_params
+        {"api_key": ""},
+        {"query_params": {"model": "other"}},  # a name the session sets itself
+        {"resolution": "4k"},
+        {"image": np.zeros((0, 4, 3), dtype=np.uint8)},  # an empty array
+        {"model": ModelDefinition(name="m", width=16, height=16, fps=30.0)},  # fine: control
+    ],
+    ids=["http-url", "query", "empty-key", "reserved-param", "resolution", "empty-array", "ok"],
+)
+def test_bad_arguments_of_connect_are_leanjoin_errors(args: dict[str, Any]) -> None:
+    async def main() -> None:
+        options: dict[str, Any] = {"url": "ws://127.0.0.1:1/v1/stream", "api_key": "k"}
+        options |= {"model": "echo"} | args
+        retry = RetryPolicy(max_retries=0)
+        async with connect(**options, retry=retry, timeouts=fast_timeouts(socket_open=1)):
+            raise AssertionError("nothing listens there")
+
+    with pytest.raises(LeanJoinError) as caught:
+        anyio.run(main)
+    if "model" in args:
+        assert isinstance(caught.value, ConnectFailed)  # the arguments were fine
+    else:
+        assert isinstance(caught.value, ValueError), caught.value
+        assert "k" not in str(caught.value).split()  # no secret quoted
 
 
 async def test_a_long_session_keeps_a_bounded_timeline(lk: LiveKitDouble) -> None:

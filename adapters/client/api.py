@@ -19,7 +19,7 @@ import contextlib
 import enum
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Final, Literal
 
@@ -55,6 +55,7 @@ from .driver import Driver
 from .endpoint import api_key_from_env, default_user_agent, stream_url
 from .errors import (
     ConnectFailed,
+    InvalidArgument,
     LeanJoinError,
     RequestError,
     RequestRejected,
@@ -96,7 +97,7 @@ class _Unset(enum.Enum):
 
 def _check_prompt(prompt: str) -> None:
     if not prompt:
-        raise ValueError("prompt must not be empty (as the JS client refuses it)")
+        raise InvalidArgument("prompt must not be empty (as the JS client refuses it)")
 
 
 @attrs.define(eq=False)
@@ -254,7 +255,7 @@ class Session:
         ``image`` (``image=None``: only clear the reference). Returns on its
         ack; ``timeout`` as for :meth:`set_prompt`."""
         if image is _Unset.UNSET and prompt is None:
-            raise ValueError("set() needs prompt= or image= (image=None clears the reference)")
+            raise InvalidArgument("set() needs prompt= or image= (image=None clears the reference)")
         if prompt is not None:
             _check_prompt(prompt)
         await self._set_image(None if image is _Unset.UNSET else image, prompt, enhance, timeout)
@@ -389,6 +390,19 @@ class Session:
         self._frames.publish(frame)
 
 
+@contextlib.contextmanager
+def _arguments_checked() -> Iterator[None]:
+    """What refuses an argument of :func:`connect` (the configuration's own
+    validators, attrs' among them) raises :class:`InvalidArgument`: a
+    ``LeanJoinError`` and still the ``ValueError`` it was, its message kept."""
+    try:
+        yield
+    except LeanJoinError:
+        raise
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from exc
+
+
 @asynccontextmanager
 async def connect(
     url: str | None = None,
@@ -427,38 +441,44 @@ async def connect(
     or ``echo`` for the reference server) or a :class:`ModelDefinition` for any
     other model. ``camera`` defaults to a moving test pattern of the model's
     size and frame rate. Raises :class:`ConnectFailed` when the engine gives
-    up, ``ValueError`` for bad arguments (``UnknownModelError`` for a model
-    name, ``ImageError`` for images) before anything is opened.
+    up, :class:`InvalidArgument` (a ``ValueError``) for bad arguments
+    (``UnknownModelError`` for a model name, ``ImageError`` for images)
+    before anything is opened; every error is a :class:`LeanJoinError`.
     """
-    definition = resolve_model(model)
-    if api_key is None:
-        api_key = api_key_from_env()
+    with _arguments_checked():
+        definition = resolve_model(model)
         if api_key is None:
-            raise ValueError("no api key: pass api_key= or set LEANJOIN_API_KEY or DECART_API_KEY")
-    timeouts = timeouts if timeouts is not None else Timeouts()
-    socket = socket if socket is not None else SocketOptions(open_timeout=timeouts.socket_open)
-    capabilities = ABSENT if frame_timing is None else ClientCapabilities(frame_timing=frame_timing)
-    config = SessionConfig(
-        url=stream_url(url, definition.path),
-        api_key=api_key,
-        model=definition.name,
-        resolution=resolution,
-        speed=speed,
-        user_agent=user_agent if user_agent is not None else default_user_agent(integration),
-        query_params=query_params if query_params is not None else {},
-        client_capabilities=capabilities,
-        timeouts=timeouts,
-        retry=retry if retry is not None else RetryPolicy(),
-    )
-    ref = None if image is None else file_ref(image)
-    initial = InitialState(
-        image_data=None if image is None or ref is not None else image_to_base64(image),
-        image_ref=ref,
-        prompt=prompt,
-        enhance_prompt=enhance_prompt,
-    )
-    if camera is None:
-        camera = TestPattern(definition.width, definition.height, fps=definition.fps)
+            api_key = api_key_from_env()
+            if api_key is None:
+                raise InvalidArgument(
+                    "no api key: pass api_key= or set LEANJOIN_API_KEY or DECART_API_KEY"
+                )
+        timeouts = timeouts if timeouts is not None else Timeouts()
+        socket = socket if socket is not None else SocketOptions(open_timeout=timeouts.socket_open)
+        capabilities = (
+            ABSENT if frame_timing is None else ClientCapabilities(frame_timing=frame_timing)
+        )
+        config = SessionConfig(
+            url=stream_url(url, definition.path),
+            api_key=api_key,
+            model=definition.name,
+            resolution=resolution,
+            speed=speed,
+            user_agent=user_agent if user_agent is not None else default_user_agent(integration),
+            query_params=query_params if query_params is not None else {},
+            client_capabilities=capabilities,
+            timeouts=timeouts,
+            retry=retry if retry is not None else RetryPolicy(),
+        )
+        ref = None if image is None else file_ref(image)
+        initial = InitialState(
+            image_data=None if image is None or ref is not None else image_to_base64(image),
+            image_ref=ref,
+            prompt=prompt,
+            enhance_prompt=enhance_prompt,
+        )
+        if camera is None:
+            camera = TestPattern(definition.width, definition.height, fps=definition.fps)
     session = Session(
         config,
         model=definition,

@@ -61,7 +61,11 @@ def image_to_base64(image: ImageInput, *, max_bytes: int = MAX_IMAGE_BYTES) -> B
         _check_size(len(image) // 4 * 3, max_bytes)
         return image
     if isinstance(image, np.ndarray):
-        return _encode(encode_png(image), max_bytes)
+        try:
+            png = encode_png(image)
+        except ValueError as exc:  # its shape or type, never its pixels
+            raise ImageError(f"the image array cannot be encoded: {exc}") from None
+        return _encode(png, max_bytes)
     if isinstance(image, bytes | bytearray | memoryview):
         return _encode(bytes(image), max_bytes)
     if isinstance(image, os.PathLike):

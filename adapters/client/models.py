@@ -26,7 +26,7 @@ from typing import Final, Literal
 
 import attrs
 
-from .errors import LeanJoinError
+from .errors import InvalidArgument, LeanJoinError
 
 __all__ = [
     "STREAM_PATH",
@@ -47,17 +47,21 @@ Kind = Literal["realtime", "local", "custom"]
 def _frame_side(inst: ModelDefinition, attribute: attrs.Attribute[int], value: int) -> None:
     # The encoders work on 2x2 chroma blocks (as the camera sources require).
     if isinstance(value, bool) or not isinstance(value, int) or value < 16 or value % 2:
-        raise ValueError(f"{attribute.name} must be an even number of pixels >= 16, got {value!r}")
+        raise InvalidArgument(
+            f"{attribute.name} must be an even number of pixels >= 16, got {value!r}"
+        )
 
 
 def _fps(_inst: ModelDefinition, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 120:
-        raise ValueError(f"{attribute.name} must be a number in (0, 120], got {value!r}")
+        raise InvalidArgument(f"{attribute.name} must be a number in (0, 120], got {value!r}")
 
 
 def _path(_inst: ModelDefinition, attribute: attrs.Attribute[str], value: str) -> None:
     if not value.startswith("/") or "?" in value or "#" in value:
-        raise ValueError(f"{attribute.name} must be a URL path starting with '/', got {value!r}")
+        raise InvalidArgument(
+            f"{attribute.name} must be a URL path starting with '/', got {value!r}"
+        )
 
 
 @attrs.frozen

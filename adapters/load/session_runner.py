@@ -231,7 +231,8 @@ class SessionRunner:
             self._quitting = True
             self._over = True  # interrupted: no session sample
             try:
-                self._perform(self._engine.handle(Disconnect(), self._clock()), self._clock())
+                now = self._clock()
+                self._perform(self._engine.handle(Disconnect(), now), now)
             except Exception:
                 log.exception("disconnecting an interrupted session failed")
         for socket in self._sockets.values():

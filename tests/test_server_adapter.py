@@ -532,6 +532,7 @@ def _gone(pid: int) -> bool:
     return False
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreads connections on Linux")
 def test_serve_workers_share_one_port_and_all_stop_on_sigterm() -> None:
     """``leanjoin serve --workers 2``: one URL, two processes accepting on its
     port; handshakes arriving at once all complete and both workers serve some

@@ -184,7 +184,27 @@ def test_prefetch_agrees_with_the_server_decode(
 # Damage that leaves a decodable PNG, and damage that may not.
 _VALID = ("split IDAT", "recompressed")
 _DAMAGE = ("flip byte", "flip IDAT byte, CRC fixed", "truncate", "append", "insert chunk")
-_INSERTED = (b"tEXt", b"gAMA", b"sRGB", b"tRNS", b"iCCP", b"zzZz", b"PLTE", b"acTL", b"ZZZZ")
+_INSERTED = (
+    b"tEXt", b"gAMA", b"sRGB", b"tRNS", b"iCCP", b"eXIf", b"pHYs", b"zzZz", b"PLTE", b"acTL", b"ZZZZ",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "after_idat"),
+    [(b"iCCP", False), (b"iCCP", True), (b"eXIf", False), (b"eXIf", True), (b"pHYs", True)],
+)
+def test_no_speculation_on_a_chunk_ffmpeg_may_refuse_the_image_over(
+    kind: bytes, after_idat: bool
+) -> None:
+    """Found by the differential test below: FFmpeg refuses a PNG whose iCCP or
+    eXIf chunk is malformed, or with pHYs after its data, where Pillow's rows
+    decode fine; the prefetch must not style the output from such an image."""
+    png = encode_png(np.zeros((1, 1, 3), np.uint8))
+    chunks = chunks_of(png)
+    at = len(chunks) - 1 if after_idat else 1
+    damaged = assemble([*chunks[:at], (kind, b"\x00" * 4), *chunks[at:]])
+    assert server_swatch(damaged) is None
+    assert swatch_of(fragments(set_image_frame(damaged), []), damaged) is None
 
 
 @pytest.mark.parametrize("kind", _VALID + _DAMAGE)

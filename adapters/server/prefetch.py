@@ -31,7 +31,9 @@ and abandons (for good; the server decodes) on anything else:
 * more than ``max_pixels`` pixels (checked on the header, before a pixel is
   allocated), or a size FFmpeg itself refuses;
 * any PNG structure short of the plain one: IHDR first, contiguous IDATs, IEND
-  last with nothing after it, no critical chunk besides those three;
+  last with nothing after it, no critical chunk besides those three; an
+  ``iCCP`` or ``eXIf`` chunk, or ``pHYs`` after the image data, which FFmpeg
+  refuses the whole image over when they are malformed;
 * a zlib stream that is not complete and valid (Adler-32 checked), or that
   inflates to more or fewer bytes than the image needs, or rows Pillow refuses.
 
@@ -79,6 +81,10 @@ _IMAGE_KEY: Final = re.compile(f'"image_data"{_WS}:{_WS}[^ \t\n\r]')
 
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 _APNG_CHUNKS: Final = frozenset({b"acTL", b"fcTL", b"fdAT"})
+# Ancillary chunks FFmpeg's PNG decoder parses and refuses the image over when
+# they are malformed (found by the differential test in tests/test_prefetch.py):
+# a speculation cannot know FFmpeg's verdict on them, so it gives up.
+_CHECKED_BY_FFMPEG: Final = frozenset({b"iCCP", b"eXIf"})
 _INT_MAX: Final = 2**31 - 1
 # Inflate at most this much at a time: a few KB of zlib can claim gigabytes.
 _INFLATE_STEP: Final = 1 << 20
@@ -434,6 +440,8 @@ class ReferencePrefetch:
             raise _Abandon("PNG has an unsupported critical chunk")
         if kind in _APNG_CHUNKS:
             raise _Abandon("animated PNG")
+        if kind in _CHECKED_BY_FFMPEG or (kind == b"pHYs" and self._idat_seen):
+            raise _Abandon("PNG has a chunk the server's decoder may refuse")
         self._chunk_type = kind
         self._pos = pos + 8
         self._payload_end = self._pos + length

@@ -231,3 +231,34 @@ def test_the_load_adapter_imports_no_asyncio() -> None:
     banned = ("asyncio", "anyio", "websockets", "livekit", "leanjoin.adapters.client.api")
     assert [m for m in modules if m.startswith(banned)] == []
     assert "gevent" in modules and "websocket" in modules
+
+
+_OPEN_WRONG_PATH = """
+from gevent import monkey; monkey.patch_all()
+import sys
+from leanjoin.adapters.load import GeventSignalSocket, GeventSocketOptions
+from leanjoin.engine.client.inputs import AttemptId
+from leanjoin.engine.client.outputs import OpenSocket
+posted = []
+url = sys.argv[1] + "?api_key=k&model=echo"
+socket = GeventSignalSocket(OpenSocket(AttemptId(1), url, url), posted.append, GeventSocketOptions())
+socket.start()
+socket.join(timeout=20)
+print(repr([(type(p).__name__, getattr(p, "permanent", None)) for p in posted]))
+"""
+
+
+def test_an_upgrade_no_retry_can_mend_is_permanent_on_gevent_too(tmp_path: Path) -> None:
+    """The same classification as the anyio transport (spec §6.3): a wrong
+    path's 404 fails the open permanently, so a load test does not retry it."""
+    with serving(tmp_path / "serve.log") as url:
+        wrong = url.replace("/v1/stream", "/v1/no-such-path")
+        done = subprocess.run(
+            [sys.executable, "-c", _OPEN_WRONG_PATH, wrong],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_environment(API_KEY),
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[('SocketOpenFailed', True)]"

@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
 
 from leanjoin.adapters.wire_log import wire_logger
+from leanjoin.engine.client.config import upgrade_refusal_is_permanent
 from leanjoin.engine.client.inputs import (
     AttemptId,
     FrameReceived,
@@ -58,9 +59,6 @@ USER_AGENT: Final = "leanjoin/0.1 (websockets)"
 FRAGMENT_ABOVE: Final = 1 << 20  # characters; every frame but an image is far smaller
 FRAGMENT_SIZE: Final = 1 << 18
 _ABNORMAL_CLOSURE: Final = 1006
-# Upgrade answers a retry may see change: a timeout, rate limiting, a server error.
-# Any other status (a wrong path's 404, a plain web server's 200, ...) is permanent.
-RETRYABLE_STATUS: Final = frozenset({408, 425, 429})
 
 
 @attrs.frozen
@@ -285,8 +283,7 @@ def _is_permanent(exc: Exception) -> bool:
     refused with a status no retry changes, a URL websockets cannot use, or
     the peer refusing a frame as too big (close code 1009)."""
     if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        return status not in RETRYABLE_STATUS and status < 500
+        return upgrade_refusal_is_permanent(exc.response.status_code)
     if isinstance(exc, ConnectionClosed):
         frame = exc.rcvd or exc.sent
         return frame is not None and frame.code == CloseCode.MESSAGE_TOO_BIG

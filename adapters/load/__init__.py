@@ -11,15 +11,15 @@ only. ``locustfile.py`` beside it is a ready locustfile
 
 from leanjoin.adapters.load.locust_user import LeanJoinUser, SessionFailure, session_setup
 from leanjoin.adapters.load.session_runner import Measure, SessionPlan, SessionRunner
-from leanjoin.adapters.load.signal_socket import SignalSocket, SocketOptions
+from leanjoin.adapters.load.signal_socket import GeventSignalSocket, GeventSocketOptions
 
 __all__ = [
+    "GeventSignalSocket",
+    "GeventSocketOptions",
     "LeanJoinUser",
     "Measure",
     "SessionFailure",
     "SessionPlan",
     "SessionRunner",
-    "SignalSocket",
-    "SocketOptions",
     "session_setup",
 ]

@@ -72,7 +72,7 @@ from leanjoin.engine.client.outputs import (
 )
 from leanjoin.engine.client.session import ClientSession
 
-from .signal_socket import SignalSocket, SocketOptions
+from .signal_socket import GeventSignalSocket, GeventSocketOptions
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ _LIVE: Final = (ConnectionState.CONNECTED, ConnectionState.GENERATING)
 _INITIAL_STATE_FAILURES: Final = (ErrorKind.INITIAL_STATE_REJECTED, ErrorKind.INITIAL_STATE_TIMEOUT)
 DEFAULT_PROMPT: Final = "a watercolour cat"
 _DEFAULT_INITIAL: Final = InitialState(prompt=DEFAULT_PROMPT)
-_DEFAULT_SOCKET: Final = SocketOptions()
+_DEFAULT_SOCKET: Final = GeventSocketOptions()
 
 
 class Measure(enum.Enum):
@@ -123,7 +123,7 @@ class SessionRunner:
         config: SessionConfig,
         plan: SessionPlan,
         report: Report,
-        socket_options: SocketOptions = _DEFAULT_SOCKET,
+        socket_options: GeventSocketOptions = _DEFAULT_SOCKET,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = ClientSession(config)
@@ -133,7 +133,7 @@ class SessionRunner:
         self._clock = clock
         self._inbox: gevent.queue.Queue[Input] = gevent.queue.Queue()
         self._soon: deque[Input] = deque()  # the room step's answers, fed before the inbox
-        self._sockets: dict[AttemptId, SignalSocket] = {}
+        self._sockets: dict[AttemptId, GeventSignalSocket] = {}
         self._began = 0.0  # the session's connect
         self._started = 0.0  # this connect's or reconnect's start
         self._live = False  # connected (or generating) right now
@@ -265,7 +265,7 @@ class SessionRunner:
         self._ack_buffered_at = None
         for attempt in [a for a, s in self._sockets.items() if s.done]:
             del self._sockets[attempt]
-        socket = SignalSocket(effect, self._inbox.put, self._socket_options)
+        socket = GeventSignalSocket(effect, self._inbox.put, self._socket_options)
         self._sockets[effect.attempt] = socket
         socket.start()
 

@@ -1,7 +1,7 @@
 """The signaling WebSocket of one connect attempt, on ``websocket-client`` under gevent.
 
 The gevent twin of ``adapters/client/ws_transport.py``: one
-:class:`SignalSocket` per ``OpenSocket`` effect, two greenlets of its own.
+:class:`GeventSignalSocket` per ``OpenSocket`` effect, two greenlets of its own.
 
 * The reader opens the socket (``websocket-client``'s blocking handshake,
   which yields to other greenlets under Locust's monkey-patching), posts
@@ -31,6 +31,10 @@ import gevent
 import gevent.queue
 import websocket
 
+from leanjoin.engine.client.config import (
+    CLOSE_MESSAGE_TOO_BIG,
+    upgrade_refusal_is_permanent,
+)
 from leanjoin.engine.client.inputs import (
     AttemptId,
     FrameReceived,
@@ -52,7 +56,7 @@ _NO_STATUS: Final = 1005
 
 
 @attrs.frozen
-class SocketOptions:
+class GeventSocketOptions:
     """Transport knobs. ``open_timeout`` bounds the TCP + TLS + HTTP upgrade;
     ``close_timeout`` the closing handshake."""
 
@@ -71,10 +75,10 @@ class _Close:
         self.reason = reason
 
 
-class SignalSocket:
+class GeventSignalSocket:
     """One attempt's WebSocket. Create, :meth:`start`, then feed it effects."""
 
-    def __init__(self, effect: OpenSocket, post: Post, options: SocketOptions) -> None:
+    def __init__(self, effect: OpenSocket, post: Post, options: GeventSocketOptions) -> None:
         self.attempt: AttemptId = effect.attempt
         self._url = effect.url
         self._redacted_url = effect.redacted_url
@@ -91,7 +95,7 @@ class SignalSocket:
         self._broken = False  # the connection ended: nothing more can be written
 
     def __repr__(self) -> str:
-        return f"SignalSocket(attempt={self.attempt}, url={self._redacted_url!r})"
+        return f"GeventSignalSocket(attempt={self.attempt}, url={self._redacted_url!r})"
 
     # ---- effects (never block) --------------------------------------------------------
 
@@ -144,7 +148,10 @@ class SignalSocket:
             )
         except Exception as exc:
             if not self._closing:
-                self._post(SocketOpenFailed(self.attempt, self._open_failure(exc)))
+                permanent = isinstance(exc, websocket.WebSocketBadStatusException) and (
+                    upgrade_refusal_is_permanent(exc.status_code)
+                )
+                self._post(SocketOpenFailed(self.attempt, self._open_failure(exc), permanent))
             self._broken = True
             return
         self._ws = ws
@@ -174,7 +181,8 @@ class SignalSocket:
             self._broken = True
             self._outbox.put(_Close(1000, ""))  # the writer fails what is left, then ends
         if not self._closing:
-            self._post(SocketClosed(self.attempt, code, self._scrub(reason)))
+            permanent = code == CLOSE_MESSAGE_TOO_BIG  # spec §6.3: a retry is refused alike
+            self._post(SocketClosed(self.attempt, code, self._scrub(reason), permanent))
 
     # ---- the writer ---------------------------------------------------------------------
 

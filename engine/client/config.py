@@ -26,6 +26,18 @@ PERMANENT_ERROR_MARKERS: Final = (
 # A server's refusal of what it was sent: a retry sends it again (spec §6.3).
 FUTILE_RETRY_MARKERS: Final = ("exceeds the maximum",)
 
+# Answers to the WebSocket upgrade a retry may see change: a timeout, rate
+# limiting, a server error (5xx). Any other status (a wrong path's 404, a web
+# page's 200, ...) answers the same every time (spec §6.3).
+RETRYABLE_UPGRADE_STATUS: Final = frozenset({408, 425, 429})
+CLOSE_MESSAGE_TOO_BIG: Final = 1009  # RFC 6455: the peer refused a frame as too big
+
+
+def upgrade_refusal_is_permanent(status: int) -> bool:
+    """Whether the HTTP status that refused the WebSocket upgrade is one no
+    retry changes. Both transports (anyio and gevent) classify by this."""
+    return status not in RETRYABLE_UPGRADE_STATUS and status < 500
+
 
 @attrs.frozen
 class RetryPolicy:

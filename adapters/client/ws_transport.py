@@ -10,8 +10,9 @@ One :class:`SignalSocket` per ``OpenSocket`` effect. Its task opens the socket
 
 Reading never waits on a write: the initial-state frame (often megabytes) is
 written by the writer task while the reader keeps taking ``queue_position``
-and ``livekit_room_info``. A frame over ``FRAGMENT_ABOVE`` characters goes out
-as a fragmented message, yielding between fragments, so handling the
+and ``livekit_room_info``. A frame over ``SocketOptions.fragment_above``
+characters (default ``FRAGMENT_ABOVE``) goes out as a fragmented message,
+yielding between fragments, so handling the
 ``livekit_room_info`` that arrives mid-upload (and starting the room join) waits
 for one fragment, not for the whole frame to be framed and copied. ``send`` and ``close`` are synchronous so the engine's
 task can perform effects without awaiting anything.
@@ -49,6 +50,7 @@ from leanjoin.engine.client.inputs import (
     SocketOpenFailed,
 )
 from leanjoin.engine.client.outputs import FramePurpose, OpenSocket, SendFrame
+from leanjoin.engine.validators import count
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,15 @@ class SocketOptions:
     # True: the system's proxy settings; None: none. Never used for loopback hosts.
     proxy: str | Literal[True] | None = True
     user_agent: str = USER_AGENT
+    #: A frame longer than this many characters is sent as a fragmented message
+    #: (``FRAGMENT_SIZE`` characters a fragment), so reading goes on while a
+    #: reference image uploads (spec §1.5). ``None``: every frame whole, for a
+    #: server that does not take fragmented messages (websockets, uvicorn +
+    #: starlette and aiohttp do: tests/test_fragments.py). ``0``: every frame
+    #: fragmented. Refused unless an integer >= 0 or None.
+    fragment_above: int | None = attrs.field(
+        default=FRAGMENT_ABOVE, validator=count(0, optional=True)
+    )
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -224,7 +235,10 @@ class SignalSocket:
         async for effect in self._outbox_recv:
             try:
                 frame = effect.frame
-                await ws.send(_fragments(frame) if len(frame) > FRAGMENT_ABOVE else frame)
+                limit = self._options.fragment_above
+                await ws.send(
+                    _fragments(frame) if limit is not None and len(frame) > limit else frame
+                )
             except ConnectionClosed as exc:
                 reason = self._closed_reason(exc)
                 self._post(SendFailed(self.attempt, effect.send, reason, _is_permanent(exc)))

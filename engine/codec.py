@@ -45,6 +45,8 @@ from .messages import (
 
 DEFAULT_MAX_FRAME_BYTES: Final = 1 << 20
 
+_V = TypeVar("_V")
+
 
 class ProblemKind(enum.Enum):
     BINARY_FRAME = "binary_frame"
@@ -224,6 +226,29 @@ def _prompt(obj: Mapping[str, Any]) -> Prompt:
 
 
 # ---- server -> client decoders ------------------------------------------
+#
+# Lenient where the frame can still be acted on (protocol §2.3): a required
+# field missing or malformed refuses the frame, naming it; an optional field
+# missing, of another JSON type or out of range is taken as absent and gets
+# the default the spec names. Unknown fields are ignored everywhere.
+
+
+def _lenient(
+    read: Callable[[Mapping[str, Any], str], _V], obj: Mapping[str, Any], name: str
+) -> _V | Absent:
+    """An optional field: its value, or ABSENT when missing or unusable."""
+    if name not in obj:
+        return ABSENT
+    try:
+        return read(obj, name)
+    except _Bad:
+        return ABSENT
+
+
+def _reason(obj: Mapping[str, Any], name: str) -> str | Absent | None:
+    # An ack's `error`: null or a string; any other type reads as absent.
+    value = obj.get(name, ABSENT)
+    return value if value is None or isinstance(value, str) else ABSENT
 
 
 def _queue_position(obj: Mapping[str, Any]) -> QueuePosition:
@@ -231,32 +256,36 @@ def _queue_position(obj: Mapping[str, Any]) -> QueuePosition:
     # whichever is present must be valid, and `position` wins.
     legacy = _count(obj, "queue_position") if "queue_position" in obj else None
     position = _count(obj, "position") if "position" in obj or legacy is None else legacy
-    return QueuePosition(position=position, queue_size=_count(obj, "queue_size"))
+    size = _lenient(_count, obj, "queue_size")
+    return QueuePosition(position=position, queue_size=position if size is ABSENT else size)
 
 
 def _room_info(obj: Mapping[str, Any]) -> LiveKitRoomInfo:
+    room_name = _lenient(_str, obj, "room_name")
+    session_id = _lenient(_str, obj, "session_id")
     return LiveKitRoomInfo(
         livekit_url=_str(obj, "livekit_url"),
         token=_str(obj, "token"),
-        room_name=_str(obj, "room_name"),
-        session_id=_str(obj, "session_id"),
+        room_name="" if room_name is ABSENT else room_name,
+        session_id="" if session_id is ABSENT else session_id,
     )
 
 
 def _set_image_ack(obj: Mapping[str, Any]) -> SetImageAck:
-    return SetImageAck(success=_bool(obj, "success"), error=_opt_nullable_str(obj, "error"))
+    return SetImageAck(success=_bool(obj, "success"), error=_reason(obj, "error"))
 
 
 def _prompt_ack(obj: Mapping[str, Any]) -> PromptAck:
     return PromptAck(
         prompt=_str(obj, "prompt"),
         success=_bool(obj, "success"),
-        error=_opt_nullable_str(obj, "error"),
+        error=_reason(obj, "error"),
     )
 
 
 def _error(obj: Mapping[str, Any]) -> Error:
-    return Error(error=_str(obj, "error"))
+    text = _lenient(_str, obj, "error")
+    return Error(error="" if text is ABSENT else text)
 
 
 def _generation_tick(obj: Mapping[str, Any]) -> GenerationTick:
@@ -264,7 +293,10 @@ def _generation_tick(obj: Mapping[str, Any]) -> GenerationTick:
 
 
 def _generation_ended(obj: Mapping[str, Any]) -> GenerationEnded:
-    return GenerationEnded(seconds=_seconds(obj, "seconds"), reason=_str(obj, "reason"))
+    reason = _lenient(_str, obj, "reason")
+    return GenerationEnded(
+        seconds=_lenient(_seconds, obj, "seconds"), reason="" if reason is ABSENT else reason
+    )
 
 
 _M = TypeVar("_M")

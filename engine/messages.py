@@ -186,8 +186,10 @@ class GenerationTick:
 
 @attrs.frozen
 class GenerationEnded:
+    """``generation_ended``; ``seconds`` may be absent (spec §2.3)."""
+
     type: ClassVar[Literal["generation_ended"]] = "generation_ended"
-    seconds: float
+    seconds: float | Absent
     reason: str
 
 

@@ -37,6 +37,7 @@ from leanjoin.engine.client.outputs import (
     ErrorKind,
     ErrorOccurred,
     FramePurpose,
+    GenerationStopped,
     InitialStateAcked,
     OpenSocket,
     Output,
@@ -771,3 +772,70 @@ def test_rule7_a_calls_timeout_is_a_positive_number(timeout: float) -> None:
         ChangePrompt(RequestId(1), "p", timeout=timeout)
     with pytest.raises(ValueError, match="timeout"):
         ChangeImage(RequestId(1), timeout=timeout)
+
+
+# ---- lenient parsing (spec §2.3) ------------------------------------------------------
+
+
+def test_lenient_a_queue_position_without_queue_size_shows_the_position_as_the_size() -> None:
+    script = Script(QUEUE_CONFIG)
+    script.to_joining()
+    (moved,) = of_type(script.server(type="queue_position", position=3), QueuePositionChanged)
+    assert (moved.position, moved.queue_size) == (3, 3)
+    assert "queue_silence" in script.session.deadlines()  # acted on: the queue wait began
+
+
+def test_lenient_room_info_without_session_id_or_room_name_still_connects() -> None:
+    script = Script()
+    script.to_joining()
+    out = script.server(type="livekit_room_info", livekit_url="ws://lk", token="t", extra=1)
+    (room,) = of_type(out, ConnectRoom)
+    assert (room.livekit_url, room.token) == ("ws://lk", "t")
+    script.feed(RoomConnected(script.attempt))
+    (started,) = of_type(script.feed(TracksPublished(script.attempt)), SessionStarted)
+    assert (started.session_id, started.room_name, started.subscribe_token) == ("", "", "")
+    assert script.session.state is ConnectionState.CONNECTED
+
+
+def test_lenient_room_info_without_token_is_refused_naming_it() -> None:
+    script = Script()
+    script.to_joining()
+    out = script.server(type="livekit_room_info", livekit_url="ws://lk", room_name="r")
+    (error,) = of_type(out, ErrorOccurred)
+    assert error.kind is ErrorKind.MALFORMED_FRAME and "'token'" in error.message
+    assert not of_type(out, ConnectRoom) and not error.fatal
+
+
+def test_lenient_an_ack_whose_error_is_not_text_is_still_a_rejection() -> None:
+    script = Script()
+    script.to_connected(IMAGE_AND_PROMPT)
+    (error,) = of_type(script.server(type="set_image_ack", success=False, error=500), ErrorOccurred)
+    assert error.kind is ErrorKind.INITIAL_STATE_REJECTED and "no reason given" in error.message
+
+
+def test_lenient_an_error_frame_without_text_is_still_a_server_error() -> None:
+    script = Script()
+    script.to_connected()
+    (error,) = of_type(script.server(type="error"), ErrorOccurred)
+    assert error.kind is ErrorKind.SERVER_ERROR
+    assert error.message == "server error: no reason given"
+
+
+def test_lenient_generation_ended_without_seconds_or_reason_still_ends_generation() -> None:
+    script = Script()
+    script.to_connected()
+    script.server(type="generation_started")
+    out = script.server(type="generation_ended")
+    assert of_type(out, StateChanged)[0].state is ConnectionState.CONNECTED
+    (stopped,) = of_type(out, GenerationStopped)
+    assert (stopped.seconds, stopped.reason) == (None, "no reason given")
+
+
+def test_lenient_a_prompt_ack_without_its_prompt_is_refused_and_the_request_times_out() -> None:
+    script = Script()
+    script.to_connected()
+    script.feed(ChangePrompt(RequestId(1), "one"))
+    (error,) = of_type(script.server(type="prompt_ack", success=True), ErrorOccurred)
+    assert error.kind is ErrorKind.MALFORMED_FRAME and "'prompt'" in error.message
+    (failed,) = of_type(script.wait(30.0), RequestFailed)
+    assert failed.request == 1 and failed.kind is ErrorKind.REQUEST_TIMEOUT

@@ -82,7 +82,7 @@ server_messages: st.SearchStrategy[m.ServerMessage] = st.one_of(
     st.builds(m.Error, error=text),
     st.just(m.GenerationStarted()),
     st.builds(m.GenerationTick, seconds=seconds),
-    st.builds(m.GenerationEnded, seconds=seconds, reason=text),
+    st.builds(m.GenerationEnded, seconds=maybe(seconds), reason=text),
     st.builds(m.LegacySessionId, session_id=maybe(text)),
     st.just(m.LegacyReady()),
     st.builds(m.LegacyStatus, status=maybe(text)),
@@ -162,7 +162,7 @@ def test_parsing_never_raises(frame: bytes | str) -> None:
         ("[1]", ProblemKind.NOT_OBJECT, "got array"),
         ("{}", ProblemKind.MISSING_TYPE, "no 'type'"),
         ('{"type":7}', ProblemKind.MISSING_TYPE, "must be a string"),
-        ('{"type":"error"}', ProblemKind.MISSING_FIELD, "'error'"),
+        ('{"type":"livekit_room_info","livekit_url":"u"}', ProblemKind.MISSING_FIELD, "'token'"),
         (
             '{"type":"set_image_ack","success":"yes"}',
             ProblemKind.WRONG_FIELD_TYPE,
@@ -182,6 +182,85 @@ def test_problems_name_what_was_wrong(frame: str | bytes, kind: ProblemKind, det
     assert isinstance(result, FrameProblem)
     assert result.kind is kind
     assert detail in result.detail
+
+
+# ---- lenient parsing (spec §2.3): optional fields get defaults, required ones refuse ------
+
+ROOM = '"type":"livekit_room_info","livekit_url":"ws://lk","token":"t"'
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        # queue_size: the position.
+        ('{"type":"queue_position","position":3}', m.QueuePosition(3, 3)),
+        ('{"type":"queue_position","position":3,"queue_size":"many"}', m.QueuePosition(3, 3)),
+        ('{"type":"queue_position","queue_position":2,"queue_size":-1}', m.QueuePosition(2, 2)),
+        # room_name, session_id: "".
+        ("{" + ROOM + ',"room_name":"r"}', m.LiveKitRoomInfo("ws://lk", "t", "r", "")),
+        ("{" + ROOM + ',"session_id":7}', m.LiveKitRoomInfo("ws://lk", "t", "", "")),
+        # error of an ack: absent unless a string or null.
+        ('{"type":"set_image_ack","success":false,"error":500}', m.SetImageAck(False)),
+        (
+            '{"type":"prompt_ack","prompt":"a","success":false,"error":{"code":1}}',
+            m.PromptAck("a", False),
+        ),
+        # error's text: "".
+        ('{"type":"error"}', m.Error("")),
+        ('{"type":"error","error":42}', m.Error("")),
+        # generation_ended: seconds unknown, reason "".
+        ('{"type":"generation_ended"}', m.GenerationEnded(m.ABSENT, "")),
+        ('{"type":"generation_ended","seconds":-1,"reason":null}', m.GenerationEnded(m.ABSENT, "")),
+        ('{"type":"generation_ended","reason":"idle"}', m.GenerationEnded(m.ABSENT, "idle")),
+        # Unknown fields, everywhere.
+        (
+            "{" + ROOM + ',"room_name":"r","session_id":"s","region":"eu","ttl":3}',
+            m.LiveKitRoomInfo("ws://lk", "t", "r", "s"),
+        ),
+        ('{"type":"generation_tick","seconds":2,"extra":[1]}', m.GenerationTick(2.0)),
+    ],
+)
+def test_a_frame_missing_or_garbling_an_optional_field_is_still_parsed(
+    frame: str, message: m.ServerMessage
+) -> None:
+    """Each of these was a FrameProblem before: the frame is now acted on, with
+    the default the spec names."""
+    assert parse_server_frame(frame) == message
+    SERVER.validate(json.loads(frame))
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind", "field"),
+    [
+        ('{"type":"queue_position","queue_size":4}', ProblemKind.MISSING_FIELD, "position"),
+        (
+            '{"type":"queue_position","position":"3","queue_size":4}',
+            ProblemKind.WRONG_FIELD_TYPE,
+            "position",
+        ),
+        ('{"type":"livekit_room_info","token":"t"}', ProblemKind.MISSING_FIELD, "livekit_url"),
+        ('{"type":"livekit_room_info","livekit_url":"u"}', ProblemKind.MISSING_FIELD, "token"),
+        (
+            '{"type":"livekit_room_info","livekit_url":"u","token":null}',
+            ProblemKind.WRONG_FIELD_TYPE,
+            "token",
+        ),
+        ('{"type":"set_image_ack","error":"x"}', ProblemKind.MISSING_FIELD, "success"),
+        ('{"type":"prompt_ack","prompt":"a"}', ProblemKind.MISSING_FIELD, "success"),
+        ('{"type":"prompt_ack","success":true}', ProblemKind.MISSING_FIELD, "prompt"),
+        ('{"type":"prompt_ack","prompt":1,"success":true}', ProblemKind.WRONG_FIELD_TYPE, "prompt"),
+        ('{"type":"generation_tick"}', ProblemKind.MISSING_FIELD, "seconds"),
+        ('{"type":"generation_tick","seconds":-2}', ProblemKind.INVALID_VALUE, "seconds"),
+    ],
+)
+def test_a_frame_without_a_required_field_is_refused_naming_it(
+    frame: str, kind: ProblemKind, field: str
+) -> None:
+    result = parse_server_frame(frame)
+    assert isinstance(result, FrameProblem), result
+    assert result.kind is kind and f"'{field}'" in result.detail
+    assert result.message_type == json.loads(frame)["type"]
+    assert not SERVER.is_valid(json.loads(frame))
 
 
 def test_oversized_frames_are_refused_before_parsing() -> None:

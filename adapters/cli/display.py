@@ -69,6 +69,8 @@ def describe(event: Event) -> str:
     if isinstance(event, GenerationTicked):
         return f"generating: {event.seconds:.0f} s"
     if isinstance(event, GenerationStopped):
+        if event.seconds is None:
+            return f"generation ended: {event.reason}"
         return f"generation ended after {event.seconds:.0f} s: {event.reason}"
     if isinstance(event, RequestAcked):
         return f"request {event.request} acknowledged"

@@ -160,8 +160,10 @@ class GenerationTicked:
 
 @attrs.frozen
 class GenerationStopped:
+    """Generation ended; ``seconds`` is None when the server did not say."""
+
     attempt: AttemptId
-    seconds: float
+    seconds: float | None
     reason: str
 
 

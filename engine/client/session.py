@@ -448,7 +448,10 @@ class ClientSession(SansIOEngine[Output, _Due]):
         assert info is not None
         self._emit(
             SessionStarted(
-                attempt.id, info.session_id, info.room_name, subscribe_token(info.room_name)
+                attempt.id,
+                info.session_id,
+                info.room_name,
+                subscribe_token(info.room_name) if info.room_name else "",  # spec §2.3
             )
         )
 
@@ -732,7 +735,7 @@ class ClientSession(SansIOEngine[Output, _Due]):
             self._unexpected(f"livekit_room_info while {self.phase.value}")
 
     def _on_server_error(self, message: Error) -> None:
-        text = f"server error: {clip(message.error)}"
+        text = f"server error: {clip(message.error) or 'no reason given'}"
         permanent = self._is_permanent(message.error)
         if permanent or not self._can("server_error"):
             # Before connected, a refusal a retry would repeat ends the connect too.
@@ -778,7 +781,9 @@ class ClientSession(SansIOEngine[Output, _Due]):
             self._unexpected("generation_ended before livekit_room_info")
             return
         self._fire("generation_ended")
-        self._emit(GenerationStopped(self._live().id, message.seconds, clip(message.reason)))
+        seconds = None if message.seconds is ABSENT else message.seconds
+        reason = clip(message.reason) or "no reason given"
+        self._emit(GenerationStopped(self._live().id, seconds, reason))
 
     def _require_room(self, what: str) -> Attempt:
         attempt = self._live()

@@ -5,20 +5,27 @@ command lines as on several machines, see the README), then the chart.
 
     .venv/bin/python bench/load_locust.py          # 2 workers, 200 users, 60 s
     .venv/bin/python bench/load_locust.py --workers 1 --users 50 --run-time 20
+    .venv/bin/python bench/load_locust.py --workers 1 --server-workers 2 \
+        --capacity 1000 --users 1000 --spawn-rate 100 --run-time 90 \
+        --session-seconds 40 --out out/load1k --chart out/load1k/chart.png
 
 Writes ``<out>/locust_*.csv`` (with the full history), ``<out>/locust.html``
 (Locust's own report), the processes' logs, and the PNG ``--chart`` (drawn by
-``bench/locust_chart.py``). Prints a markdown table of the request types.
+``bench/locust_chart.py``). Prints the Locust workers' CPU (sampled from
+``/proc`` every 5 s) and a markdown table of the request types.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from locust_chart import draw_chart
@@ -48,6 +55,54 @@ def _locust(log: Path, api_key: str, *args: str) -> subprocess.Popen[str]:
         )
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU so far, from ``/proc/<pid>/stat`` (Linux)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWatch:
+    """Samples processes' CPU (percent of one core) every ``interval`` seconds
+    in a thread, until :meth:`stop`; keeps each process's samples."""
+
+    def __init__(self, pids: list[int], interval: float = 5.0) -> None:
+        self.samples: dict[int, list[float]] = {pid: [] for pid in pids}
+        self._interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last: dict[int, tuple[float, float]] = {}
+        for pid in self.samples:
+            with contextlib.suppress(OSError, IndexError):  # already gone
+                last[pid] = (time.monotonic(), _cpu_seconds(pid))
+        while not self._done.wait(self._interval):
+            for pid, (then, used) in list(last.items()):
+                try:
+                    now, cpu = time.monotonic(), _cpu_seconds(pid)
+                except (OSError, IndexError):
+                    del last[pid]
+                    continue
+                self.samples[pid].append(100.0 * (cpu - used) / (now - then))
+                last[pid] = (now, cpu)
+
+    def stop(self) -> str:
+        """Stops sampling; a line per process: mean and peak of its samples."""
+        self._done.set()
+        self._thread.join()
+        lines = []
+        for pid, samples in self.samples.items():
+            if samples:
+                mean = sum(samples) / len(samples)
+                lines.append(
+                    f"pid {pid}: CPU mean {mean:.0f}%, peak {max(samples):.0f}% "
+                    f"({len(samples)} samples of {self._interval:g} s)"
+                )
+        return "\n".join(lines)
+
+
 def _table(prefix: Path) -> str:
     with Path(f"{prefix}_stats.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -59,7 +114,7 @@ def _table(prefix: Path) -> str:
         kind = row["Type"] or "(all)"
         lines.append(
             f"| {kind} | {row['Request Count']} | {row['Failure Count']} | "
-            f"{row['Median Response Time']} | {row['95%']} | {row['99%']} | "
+            f"{float(row['Median Response Time']):.0f} | {row['95%']} | {row['99%']} | "
             f"{float(row['Max Response Time']):.0f} |"
         )
     return "\n".join(lines)
@@ -71,7 +126,10 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--spawn-rate", type=float, default=20.0)
     parser.add_argument("--run-time", type=int, default=60, help="seconds")
-    parser.add_argument("--capacity", type=int, default=100, help="the server's sessions at once")
+    parser.add_argument(
+        "--capacity", type=int, default=100, help="the server's sessions at once (per process)"
+    )
+    parser.add_argument("--server-workers", type=int, default=1, help="leanjoin serve --workers")
     parser.add_argument("--session-seconds", type=float, default=5.0)
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("out/load"))
@@ -80,7 +138,13 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = args.out / "locust"
-    server = ServerProcess.start(args.out / "serve.log", "--capacity", str(args.capacity))
+    server = ServerProcess.start(
+        args.out / "serve.log",
+        "--capacity",
+        str(args.capacity),
+        "--workers",
+        str(args.server_workers),
+    )
     port = _free_port()
     try:
         master = _locust(
@@ -112,16 +176,20 @@ def main() -> None:
             )
             for index in range(1, args.workers + 1)
         ]
+        watch = CpuWatch([worker.pid for worker in workers])
         code = master.wait(timeout=args.run_time + 180)
         for worker in workers:
             worker.wait(timeout=60)
+        cpu = watch.stop()
     finally:
         server.stop()
+    print(f"Locust workers' CPU (percent of one core):\n{cpu}")
     print(f"locust master exit code {code}; logs and CSVs in {args.out}")
     title = (
         f"leanjoin.adapters.load on Locust: {args.users} signaling-only users, "
         f"{args.workers} workers, {args.session_seconds:g} s sessions, "
-        f"leanjoin serve --capacity {args.capacity} (one 2-core machine)"
+        f"leanjoin serve --workers {args.server_workers} --capacity {args.capacity} "
+        "(one 2-core machine)"
     )
     draw_chart(prefix, args.chart, title)
     print(f"chart: {args.chart}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -27,15 +28,16 @@ LEANJOIN = Path(sys.executable).parent / "leanjoin"
 
 
 @contextmanager
-def served(api_key: str, *options: str) -> Iterator[str]:
-    """``leanjoin serve`` (with ``options``) in a process of its own; yields its
-    stream endpoint."""
-    serve = subprocess.Popen(
-        [str(LEANJOIN), "serve", "--port", "0", "--api-key", api_key, *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+def served(api_key: str, *options: str, log: Path | None = None) -> Iterator[str]:
+    """``leanjoin serve`` (with ``options``) in a process of its own on
+    127.0.0.1; yields its stream endpoint. Its stderr goes to ``log`` (None:
+    discarded); it is stopped with SIGTERM, killed after 30 s."""
+    command = [str(LEANJOIN), "serve", "--host", "127.0.0.1", "--port", "0", "--api-key", api_key]
+    with contextlib.ExitStack() as stack:
+        stderr = subprocess.DEVNULL if log is None else stack.enter_context(log.open("w"))
+        serve = subprocess.Popen(
+            [*command, *options], stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
     try:
         assert serve.stdout is not None
         url = serve.stdout.readline().rsplit(" ", 1)[-1].strip()
@@ -43,7 +45,11 @@ def served(api_key: str, *options: str) -> Iterator[str]:
         yield url
     finally:
         serve.terminate()
-        serve.wait(timeout=30)
+        try:
+            serve.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
 
 
 async def until(predicate: Callable[[], bool]) -> None:

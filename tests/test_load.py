@@ -12,15 +12,13 @@ import csv
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from client_helpers import served
 
 pytestmark = pytest.mark.load
 
@@ -55,27 +53,6 @@ def _environment(api_key: str) -> dict[str, str]:
         if not name.startswith(("LOCUST_", "LEANJOIN_")) and name != "DECART_API_KEY"
     }
     return {**env, "LEANJOIN_API_KEY": api_key, "PYTHONUNBUFFERED": "1"}
-
-
-@contextmanager
-def serving(log: Path, *options: str) -> Iterator[str]:
-    """``leanjoin serve`` on 127.0.0.1 and a free port; yields its stream URL."""
-    command = [sys.executable, "-m", "leanjoin.adapters.cli.serve", "--host", "127.0.0.1"]
-    command += ["--port", "0", "--api-key", API_KEY, *options]
-    with log.open("w") as stderr:
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
-    try:
-        assert server.stdout is not None
-        url = server.stdout.readline().split()[-1]
-        assert url.startswith("ws://127.0.0.1:"), url
-        yield url
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def _locust(out: Path, api_key: str, *args: str) -> subprocess.Popen[str]:
@@ -123,7 +100,7 @@ def test_a_master_and_two_workers_count_every_phase_of_every_session(tmp_path: P
     out.mkdir()
     port = _free_port()
     # 30 users for 10 slots: many sessions queue, and all get through.
-    with serving(out / "serve.log", "--capacity", "10") as url:
+    with served(API_KEY, "--capacity", "10", log=out / "serve.log") as url:
         master = _locust(
             out / "master.log",
             API_KEY,
@@ -182,7 +159,7 @@ def test_failures_are_counted_by_error_kind_and_never_show_the_key(tmp_path: Pat
     out = tmp_path / "out"
     out.mkdir()
     wrong_key = "wrong-key-0d93aa"
-    with serving(out / "serve.log") as url:
+    with served(API_KEY, log=out / "serve.log") as url:
         locust = _locust(
             out / "locust.log",
             wrong_key,
@@ -251,7 +228,7 @@ print(repr([(type(p).__name__, getattr(p, "permanent", None)) for p in posted]))
 def test_an_upgrade_no_retry_can_mend_is_permanent_on_gevent_too(tmp_path: Path) -> None:
     """The same classification as the anyio transport (spec §6.3): a wrong
     path's 404 fails the open permanently, so a load test does not retry it."""
-    with serving(tmp_path / "serve.log") as url:
+    with served(API_KEY, log=tmp_path / "serve.log") as url:
         wrong = url.replace("/v1/stream", "/v1/no-such-path")
         done = subprocess.run(
             [sys.executable, "-c", _OPEN_WRONG_PATH, wrong],

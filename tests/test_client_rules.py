@@ -839,3 +839,11 @@ def test_lenient_a_prompt_ack_without_its_prompt_is_refused_and_the_request_time
     assert error.kind is ErrorKind.MALFORMED_FRAME and "'prompt'" in error.message
     (failed,) = of_type(script.wait(30.0), RequestFailed)
     assert failed.request == 1 and failed.kind is ErrorKind.REQUEST_TIMEOUT
+
+
+def test_an_open_socket_scrubs_its_url_and_key_from_any_text() -> None:
+    """Both transports (anyio and gevent) report errors through OpenSocket.scrub."""
+    url = "ws://h:1/v1/stream?api_key=k-s3cret&model=m"
+    effect = OpenSocket(AttemptId(1), url, "ws://h:1/v1/stream?api_key=%3Credacted%3E&model=m")
+    text = effect.scrub(f"refused {url}: the key k-s3cret is unknown")
+    assert "k-s3cret" not in text and "api_key=%3Credacted%3E" in text

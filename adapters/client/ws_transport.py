@@ -28,7 +28,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from typing import Final, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 import attrs
@@ -39,7 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
 
 from leanjoin.adapters.wire_log import wire_logger
-from leanjoin.engine.client.config import upgrade_refusal_is_permanent
+from leanjoin.engine.client.config import upgrade_refusal_is_permanent, upgrade_refusal_reason
 from leanjoin.engine.client.inputs import (
     AttemptId,
     FrameReceived,
@@ -110,11 +110,9 @@ class SignalSocket:
         trace: Trace | None = None,
     ) -> None:
         self.attempt = effect.attempt
+        self._effect = effect  # its URL, and the means to scrub it from any text
         self._url = effect.url
         self._redacted_url = effect.redacted_url
-        self._secrets = tuple(
-            value for key, value in parse_qsl(urlsplit(effect.url).query) if key == "api_key"
-        )
         self._post = post
         self._options = options
         self._trace = trace
@@ -267,11 +265,7 @@ class SignalSocket:
             self._trace(self.attempt, milestone)
 
     def _scrub(self, text: str) -> str:
-        text = text.replace(self._url, self._redacted_url)
-        for secret in self._secrets:
-            if secret:
-                text = text.replace(secret, "<redacted>")
-        return text
+        return self._effect.scrub(text)
 
     def _closed_reason(self, exc: ConnectionClosed) -> str:
         frame = exc.rcvd or exc.sent
@@ -281,12 +275,9 @@ class SignalSocket:
 
     def _open_failure(self, exc: Exception) -> str:
         if isinstance(exc, InvalidStatus):
-            # The body usually says why (e.g. "invalid api key"); the engine reads it
-            # to tell permanent failures from retryable ones.
-            body = exc.response.body or b""
-            detail = body[:300].decode("utf-8", errors="replace").strip()
-            text = f"HTTP {exc.response.status_code}"
-            return self._scrub(f"{text}: {detail}" if detail else text)
+            return self._scrub(
+                upgrade_refusal_reason(exc.response.status_code, exc.response.body or b"")
+            )
         if isinstance(exc, TimeoutError):
             return f"no WebSocket handshake within {self._options.open_timeout:g} s"
         return self._scrub(f"{type(exc).__name__}: {exc}")

@@ -24,7 +24,6 @@ import logging
 import struct
 from collections.abc import Callable
 from typing import Final
-from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import gevent
@@ -34,6 +33,7 @@ import websocket
 from leanjoin.engine.client.config import (
     CLOSE_MESSAGE_TOO_BIG,
     upgrade_refusal_is_permanent,
+    upgrade_refusal_reason,
 )
 from leanjoin.engine.client.inputs import (
     AttemptId,
@@ -80,11 +80,9 @@ class GeventSignalSocket:
 
     def __init__(self, effect: OpenSocket, post: Post, options: GeventSocketOptions) -> None:
         self.attempt: AttemptId = effect.attempt
+        self._effect = effect  # its URL, and the means to scrub it from any text
         self._url = effect.url
         self._redacted_url = effect.redacted_url
-        self._secrets = tuple(
-            value for key, value in parse_qsl(urlsplit(effect.url).query) if key == "api_key"
-        )
         self._post = post
         self._options = options
         self._outbox: gevent.queue.Queue[SendFrame | _Close] = gevent.queue.Queue()
@@ -226,21 +224,13 @@ class GeventSignalSocket:
             ws.shutdown()  # type: ignore[no-untyped-call]  # unannotated in websocket-client
 
     def _scrub(self, text: str) -> str:
-        text = text.replace(self._url, self._redacted_url)
-        for secret in self._secrets:
-            if secret:
-                text = text.replace(secret, "<redacted>")
-        return text
+        return self._effect.scrub(text)
 
     def _open_failure(self, exc: Exception) -> str:
         if isinstance(exc, websocket.WebSocketBadStatusException):
-            # The body usually says why (e.g. "invalid api key"); the engine reads it
-            # to tell permanent failures from retryable ones.
             body = exc.resp_body or b""
             raw = body if isinstance(body, bytes) else str(body).encode()
-            detail = raw[:300].decode("utf-8", errors="replace").strip()
-            text = f"HTTP {exc.status_code}"
-            return self._scrub(f"{text}: {detail}" if detail else text)
+            return self._scrub(upgrade_refusal_reason(exc.status_code, raw))
         if isinstance(exc, websocket.WebSocketTimeoutException | TimeoutError):
             return f"no WebSocket handshake within {self._options.open_timeout:g} s"
         return self._scrub(f"{type(exc).__name__}: {exc}")

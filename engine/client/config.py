@@ -33,6 +33,14 @@ RETRYABLE_UPGRADE_STATUS: Final = frozenset({408, 425, 429})
 CLOSE_MESSAGE_TOO_BIG: Final = 1009  # RFC 6455: the peer refused a frame as too big
 
 
+def upgrade_refusal_reason(status: int, body: bytes | bytearray) -> str:
+    """The failure text for an upgrade refused with ``status``: the start of the
+    body too, since it usually says why ("invalid api key") and §6.3's markers
+    are read in it. Transports scrub it of the URL and key before reporting."""
+    detail = body[:300].decode("utf-8", errors="replace").strip()
+    return f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
+
+
 def upgrade_refusal_is_permanent(status: int) -> bool:
     """Whether the HTTP status that refused the WebSocket upgrade is one no
     retry changes. Both transports (anyio and gevent) classify by this."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from typing import TypeAlias
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 
@@ -71,6 +72,15 @@ class OpenSocket:
     attempt: AttemptId
     url: str = attrs.field(repr=False)
     redacted_url: str
+
+    def scrub(self, text: str) -> str:
+        """``text`` (a transport's error, a close reason) with this socket's
+        URL and api key masked: every transport reports through this."""
+        text = text.replace(self.url, self.redacted_url)
+        for key, value in parse_qsl(urlsplit(self.url).query):
+            if key == "api_key" and value:
+                text = text.replace(value, "<redacted>")
+        return text
 
 
 @attrs.frozen

@@ -42,11 +42,13 @@ def events(output: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port  # closed now: a connect is refused at once
+def closed_port() -> Iterator[int]:
+    """A port bound but never listening: a connect is refused at once, and no
+    other process can take the port meanwhile (a freed port could be taken by
+    a server, whose answer would not be a refusal)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
 
 
 @pytest.fixture

@@ -1271,3 +1271,22 @@ async def test_a_long_session_keeps_a_bounded_timeline(lk: LiveKitDouble) -> Non
         timeline = session.timeline
     assert len(timeline) == TIMELINE_LENGTH
     assert timeline[-1].name == "request_sent"  # the newest are the ones kept
+
+
+async def test_cancelling_a_connected_session_says_goodbye(lk: LiveKitDouble) -> None:
+    # A caller's cancel scope (a timeout around the session, a cancelled task) is
+    # a normal way to leave: the server hears the same clean close as a return.
+    async with FakeSignaling(lambda peer: healthy(peer, lk)) as server:
+        with anyio.move_on_after(WAIT) as scope:
+            async with connect(
+                server.url, api_key=API_KEY, model="echo", camera=small_camera()
+            ) as session:
+                scope.deadline = anyio.current_time() + 0.2
+                await anyio.sleep_forever()
+        assert scope.cancelled_caught
+        assert session.closed
+        peer = server.peers[0]
+        with anyio.fail_after(WAIT):
+            await peer.closed.wait()
+        assert (peer.close_code, peer.close_reason) == (1000, "client disconnect")
+    await assert_nothing_left(lk, "room-1")

@@ -150,6 +150,7 @@ class Session:
         self._timeline: deque[Milestone] = deque(maxlen=TIMELINE_LENGTH)
         self._crash: BaseException | None = None
         self._closed = False
+        self._tasks = anyio.CancelScope()  # replaced by _run
         self.started_at = anyio.current_time()
 
     def __repr__(self) -> str:
@@ -307,17 +308,23 @@ class Session:
     # ---- lifecycle (used by connect) -------------------------------------------------
 
     async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """The session's tasks: the driver and the camera pump."""
-        try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(self._driver.run)
-                tg.start_soon(self._camera.run)
-                task_status.started()
-        except Exception as exc:  # an engine or adapter bug: end the session, say so
-            log.exception("leanjoin session failed internally")
-            self._crash = exc
-        finally:
-            self._finish()
+        """The session's tasks: the driver and the camera pump. Shielded from the
+        caller's cancel scopes, so that a cancelled ``async with`` still has the
+        driver to say goodbye with (``_shutdown``); :meth:`_stop` ends them."""
+        with anyio.CancelScope(shield=True) as self._tasks:
+            try:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(self._driver.run)
+                    tg.start_soon(self._camera.run)
+                    task_status.started()
+            except Exception as exc:  # an engine or adapter bug: end the session, say so
+                log.exception("leanjoin session failed internally")
+                self._crash = exc
+            finally:
+                self._finish()
+
+    def _stop(self) -> None:
+        self._tasks.cancel()
 
     async def _connect(self, command: Connect) -> None:
         await self._driver.call(command)
@@ -470,6 +477,8 @@ async def connect(
             timeouts=timeouts,
             retry=retry if retry is not None else RetryPolicy(),
         )
+        if socket.user_agent is None:
+            socket = attrs.evolve(socket, user_agent=config.user_agent)
         ref = None if image is None else file_ref(image)
         initial = InitialState(
             image_data=None if image is None or ref is not None else image_to_base64(image),
@@ -499,7 +508,7 @@ async def connect(
             failure = exc
         finally:
             await session._shutdown(shutdown_timeout)
-            tg.cancel_scope.cancel()
+            session._stop()
     if failure is not None:
         raise failure
     if session._crash is not None:

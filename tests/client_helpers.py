@@ -100,9 +100,11 @@ async def assert_nothing_left(lk: LiveKitDouble | None = None, *rooms: str) -> N
 
 @attrs.define
 class Recorded:
-    """What a refusing server received: each upgrade's path, every frame."""
+    """What a refusing server received: each upgrade's path and User-Agent
+    header, every frame."""
 
     paths: list[str] = attrs.Factory(list)
+    user_agents: list[str | None] = attrs.Factory(list)
     frames: list[dict[str, Any]] = attrs.Factory(list)
 
 
@@ -116,6 +118,7 @@ async def refusing_server(frames: int = 0) -> AsyncIterator[tuple[str, Recorded]
     async def refuse(ws: ServerConnection) -> None:
         assert ws.request is not None
         recorded.paths.append(ws.request.path)
+        recorded.user_agents.append(ws.request.headers.get("User-Agent"))
         for _ in range(frames):
             recorded.frames.append(json.loads(await ws.recv()))
         # A frame too many is sent right behind the others: give it a moment.

@@ -126,6 +126,15 @@ async def test_connect_without_a_url_goes_to_the_default_base(
     (path,) = recorded.paths
     assert path.startswith("/v1/stream?")
     assert parse_qsl(path.partition("?")[2])[-1] == ("user_agent", "exactly this")
+    # The upgrade's header names the same client as the query parameter.
+    assert recorded.user_agents == ["exactly this"]
+
+
+@pytest.mark.anyio
+async def test_the_upgrade_header_carries_the_default_user_agent() -> None:
+    async with refusing_server() as (base, recorded):
+        await refused_connect(url=base, api_key="k", model="echo", integration="my-app/2.0")
+    assert recorded.user_agents == [default_user_agent("my-app/2.0")]
 
 
 def test_connect_without_any_key_says_where_one_is_read_from(

@@ -38,6 +38,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
 
+from leanjoin.adapters.client.endpoint import default_user_agent
 from leanjoin.adapters.wire_log import wire_logger
 from leanjoin.engine.client.config import upgrade_refusal_is_permanent, upgrade_refusal_reason
 from leanjoin.engine.client.inputs import (
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 Post = Callable[[Input], None]
 Trace = Callable[[AttemptId, str], None]
 
-USER_AGENT: Final = "leanjoin/0.1 (websockets)"
 FRAGMENT_ABOVE: Final = 1 << 20  # characters; every frame but an image is far smaller
 FRAGMENT_SIZE: Final = 1 << 18
 _ABNORMAL_CLOSURE: Final = 1006
@@ -76,7 +76,9 @@ class SocketOptions:
     compression: str | None = "deflate"
     # True: the system's proxy settings; None: none. Never used for loopback hosts.
     proxy: str | Literal[True] | None = True
-    user_agent: str = USER_AGENT
+    #: The upgrade's ``User-Agent`` header; None: the session's ``user_agent``
+    #: (``connect`` fills it in), so the header and the query parameter agree.
+    user_agent: str | None = None
     #: A frame longer than this many characters is sent as a fragmented message
     #: (``FRAGMENT_SIZE`` characters a fragment), so reading goes on while a
     #: reference image uploads (spec §1.5). ``None``: every frame whole, for a
@@ -189,7 +191,9 @@ class SignalSocket:
                 ping_timeout=options.ping_timeout,
                 compression=options.compression,
                 proxy=proxy,
-                user_agent_header=options.user_agent,
+                user_agent_header=(
+                    options.user_agent if options.user_agent is not None else default_user_agent()
+                ),
                 logger=wire_logger(log),
             )
         except Exception as exc:

@@ -129,6 +129,8 @@ class SessionRunner:
         self._engine = ClientSession(config)
         self._plan = plan
         self._report = report
+        if socket_options.user_agent is None:  # the header names the client as the URL does
+            socket_options = attrs.evolve(socket_options, user_agent=config.user_agent)
         self._socket_options = socket_options
         self._clock = clock
         self._inbox: gevent.queue.Queue[Input] = gevent.queue.Queue()

@@ -30,6 +30,7 @@ import gevent
 import gevent.queue
 import websocket
 
+from leanjoin.adapters.client.endpoint import default_user_agent
 from leanjoin.engine.client.config import (
     CLOSE_MESSAGE_TOO_BIG,
     upgrade_refusal_is_permanent,
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 
 Post = Callable[[Input], None]
 
-USER_AGENT: Final = "leanjoin/0.1 (websocket-client, gevent)"
 _ABNORMAL_CLOSURE: Final = 1006
 _NO_STATUS: Final = 1005
 
@@ -62,7 +62,8 @@ class GeventSocketOptions:
 
     open_timeout: float = 60.0
     close_timeout: float = 3.0
-    user_agent: str = USER_AGENT
+    #: The upgrade's ``User-Agent`` header; None: the session's ``user_agent``.
+    user_agent: str | None = None
 
 
 class _Close:
@@ -141,7 +142,7 @@ class GeventSignalSocket:
             ws = websocket.create_connection(
                 self._url,
                 timeout=options.open_timeout,
-                header=[f"User-Agent: {options.user_agent}"],
+                header=[f"User-Agent: {options.user_agent or default_user_agent()}"],
                 suppress_origin=True,
             )
         except Exception as exc:

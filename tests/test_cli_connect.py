@@ -227,3 +227,55 @@ def test_native_noise_is_silenced_unless_verbose(verbose: bool) -> None:
         assert "v1 path" in run.stderr  # -v shows what the LiveKit client says
     else:
         assert run.stderr == ""
+
+
+# ---- --query-param and --integration --------------------------------------------------------
+
+
+@contextmanager
+def recording_refuser() -> Iterator[tuple[str, list[Any]]]:
+    """A server on a thread that records each upgrade request, then answers 401."""
+    import threading
+
+    from websockets.sync.server import serve as sync_serve
+
+    requests: list[Any] = []
+
+    def refuse(connection: Any, request: Any) -> Any:
+        requests.append(request)
+        return connection.respond(401, "unauthorized\n")
+
+    with sync_serve(lambda ws: None, "127.0.0.1", 0, process_request=refuse) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}/v1/stream", requests
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
+
+
+def test_query_params_and_integration_reach_the_server() -> None:
+    from urllib.parse import parse_qsl
+
+    with recording_refuser() as (url, requests):
+        result = cli(
+            url, "--model", "echo", "--json",
+            "--query-param", "region=eu west", "--query-param", "tier=a=b",
+            "--integration", "my-app/2.0",
+        )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    (request,) = requests  # a refused key is not retried
+    query = parse_qsl(request.path.partition("?")[2])
+    assert query[:2] == [("region", "eu west"), ("tier", "a=b")]
+    agent = dict(query)["user_agent"]
+    assert " my-app/2.0 " in agent
+    assert request.headers["User-Agent"] == agent
+
+
+@pytest.mark.parametrize("value", ["region", "=eu", "api_key=x"])
+def test_a_query_param_that_is_not_key_value_is_a_usage_error(value: str) -> None:
+    result = cli("ws://127.0.0.1:9/v1/stream", "--model", "echo", "--query-param", value)
+    assert result.exit_code == 2
+    assert "--query-param" in result.output
+    assert ("KEY=VALUE" in result.output) != ("set by leanjoin" in result.output)

@@ -49,7 +49,7 @@ from leanjoin.adapters.client.models import ModelDefinition, UnknownModelError, 
 from leanjoin.adapters.client.png import write_png
 from leanjoin.adapters.client.room_transport import MediaOptions
 from leanjoin.adapters.client.video_sources import FileSource, TestPattern, VideoSource
-from leanjoin.engine.client.config import RetryPolicy, Timeouts
+from leanjoin.engine.client.config import RESERVED_QUERY_NAMES, RetryPolicy, Timeouts
 from leanjoin.engine.client.outputs import (
     ConnectionState,
     ErrorKind,
@@ -73,6 +73,22 @@ LAZY_COMMANDS: Final[Mapping[str, str]] = {
 }
 # Subcommands that import the server stack (the `server` extra).
 SERVER_COMMANDS: Final = frozenset({"serve", "demo"})
+
+
+def _query_params(values: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE`` options as a mapping, in order; a later key wins."""
+    params: dict[str, str] = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="'--query-param'")
+        if key in RESERVED_QUERY_NAMES:  # said at once, as the usage error it is
+            raise click.BadParameter(
+                f"{key!r} is set by leanjoin itself (from its own option or the environment)",
+                param_hint="'--query-param'",
+            )
+        params[key] = rest
+    return params
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -249,6 +265,19 @@ def main(verbose: int) -> None:
     help="Give up connecting after this many seconds, retries included (time spent "
     "waiting in the server's queue is not counted).",
 )
+@click.option(
+    "--query-param",
+    "query_params",
+    multiple=True,
+    callback=lambda ctx, param, values: _query_params(values),
+    metavar="KEY=VALUE",
+    help="An extra query parameter of the socket URL, sent before the others "
+    "(repeatable; not secret: logs show them).",
+)
+@click.option(
+    "--integration",
+    help="Your application's name/version, added to the user agent the server sees.",
+)
 def connect_command(
     url: str | None,
     model: str,
@@ -263,6 +292,8 @@ def connect_command(
     max_bitrate: int,
     retries: int,
     timeout: float,
+    query_params: dict[str, str],
+    integration: str | None,
 ) -> None:
     """Connect to URL and show events. URL is a stream endpoint
     (ws://host:port/v1/stream) or a base URL the model's path goes below;
@@ -299,6 +330,8 @@ def connect_command(
         retry=RetryPolicy(max_retries=retries),
         timeouts=Timeouts(connect=timeout),
         initial_state=image_data is not None or prompt is not None,
+        query_params=query_params,
+        integration=integration,
     )
     try:
         code, reason = anyio.run(
@@ -324,7 +357,11 @@ class _ConnectRun:
         retry: RetryPolicy,
         timeouts: Timeouts,
         initial_state: bool,
+        query_params: Mapping[str, str],
+        integration: str | None,
     ) -> None:
+        self._query_params = query_params
+        self._integration = integration
         self._json = as_json
         self._seconds = seconds
         self._save = save_frames
@@ -424,6 +461,8 @@ class _ConnectRun:
                         media=media,
                         retry=self._retry,
                         timeouts=self._timeouts,
+                        query_params=self._query_params,
+                        integration=self._integration,
                         on_event=self._on_event,
                     ) as session:
                         await self._stay(session)

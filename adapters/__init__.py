@@ -51,6 +51,7 @@ from leanjoin.engine.client.session import NotConnectedError, UsageError
 if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
     from leanjoin.adapters.client.images import image_to_base64
+    from leanjoin.adapters.client.preflight import ConnectivityReport, check_connectivity
     from leanjoin.adapters.client.room_transport import MediaOptions
     from leanjoin.adapters.client.video_sources import (
         ArraySource,
@@ -67,6 +68,8 @@ _LAZY: Final = {
     "Session": "api",
     "connect": "api",
     "image_to_base64": "images",
+    "ConnectivityReport": "preflight",
+    "check_connectivity": "preflight",
     "MediaOptions": "room_transport",
     "ArraySource": "video_sources",
     "FileSource": "video_sources",
@@ -94,6 +97,7 @@ __all__ = [
     "ArraySource",
     "ConnectFailed",
     "ConnectionState",
+    "ConnectivityReport",
     "ErrorKind",
     "ErrorOccurred",
     "Event",
@@ -130,6 +134,7 @@ __all__ = [
     "UnsupportedImageSource",
     "UsageError",
     "VideoSource",
+    "check_connectivity",
     "connect",
     "image_to_base64",
     "is_realtime_model",

@@ -69,6 +69,7 @@ SERVER_EXTRA: Final = "pip install 'leanjoin[server]'"
 LAZY_COMMANDS: Final[Mapping[str, str]] = {
     "check": "leanjoin.adapters.cli.check:check",
     "diagrams": "leanjoin.adapters.cli.diagrams:diagrams",
+    "preflight": "leanjoin.adapters.cli.preflight:preflight",
     "serve": "leanjoin.adapters.cli.serve:serve",
 }
 # Subcommands that import the server stack (the `server` extra).

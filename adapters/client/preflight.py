@@ -1,0 +1,177 @@
+"""Preflight: can this network carry a realtime session? (``check_connectivity``)
+
+The JS client's ``checkConnectivity`` gathers ICE candidates against a public
+STUN server: a server-reflexive answer means direct UDP works, and how soon it
+came is the round-trip time; no answer means a TURN relay would be needed. This
+asks the same question without a peer connection: a STUN binding request over
+UDP (messages from ``aioice``, the ICE library under aiortc), resent every
+``RETRANSMIT`` seconds until the first answer or ``timeout``. The verdict uses
+the JS client's bands (good <= 150 ms, fair <= 300 ms, else poor).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import socket
+from collections.abc import Sequence
+from typing import Final
+
+import anyio
+import anyio.abc
+import attrs
+from aioice import stun
+
+from .errors import InvalidArgument
+
+DEFAULT_STUN_SERVERS: Final = ("stun:stun.l.google.com:19302",)
+GOOD_RTT_MS: Final = 150
+MARGINAL_RTT_MS: Final = 300
+RETRANSMIT: Final = 0.5  # seconds between binding requests while none is answered
+
+
+class Transport(enum.Enum):
+    """What the probe found: direct UDP, only a relay could work, or nothing."""
+
+    UDP = "udp"
+    RELAY = "relay"
+    FAILED = "failed"
+
+
+class Quality(enum.Enum):
+    GOOD = "good"
+    FAIR = "fair"
+    POOR = "poor"
+    CRITICAL = "critical"
+
+
+@attrs.frozen
+class ConnectivityReport:
+    """The verdict, the measurements it rests on, and why (one line each)."""
+
+    quality: Quality
+    transport: Transport
+    rtt_ms: int | None
+    reasons: tuple[str, ...]
+    stun_server: str | None = None  # the one that answered
+
+
+def classify(transport: Transport, rtt_ms: int | None) -> ConnectivityReport:
+    """The JS client's verdict for one probe's result."""
+    if transport is Transport.FAILED:
+        return ConnectivityReport(
+            Quality.CRITICAL,
+            transport,
+            rtt_ms,
+            ("no STUN server could be reached over UDP: realtime streaming is unlikely to work",),
+        )
+    if transport is Transport.RELAY:
+        return ConnectivityReport(
+            Quality.POOR,
+            transport,
+            rtt_ms,
+            (
+                "direct UDP connectivity could not be confirmed: the session would need a "
+                "TURN relay, which adds latency",
+            ),
+        )
+    if rtt_ms is not None and rtt_ms > MARGINAL_RTT_MS:
+        reason = f"network round-trip time is high (~{rtt_ms} ms > {MARGINAL_RTT_MS} ms)"
+        return ConnectivityReport(Quality.POOR, transport, rtt_ms, (reason,))
+    if rtt_ms is not None and rtt_ms > GOOD_RTT_MS:
+        reason = f"network round-trip time is elevated (~{rtt_ms} ms > {GOOD_RTT_MS} ms)"
+        return ConnectivityReport(Quality.FAIR, transport, rtt_ms, (reason,))
+    return ConnectivityReport(Quality.GOOD, transport, rtt_ms, ())
+
+
+def parse_stun_url(url: str) -> tuple[str, int]:
+    """``stun:host[:port]`` (port 3478 by default) as (host, port)."""
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme.lower() != "stun" or not rest:
+        raise InvalidArgument(f"not a STUN server URL (stun:host[:port]): {url!r}")
+    host, colon, port_text = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
+    if not colon:
+        return rest.strip("[]"), 3478
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidArgument(f"bad port in STUN server URL {url!r}")
+    return host, int(port_text)
+
+
+async def check_connectivity(
+    stun_servers: Sequence[str] = DEFAULT_STUN_SERVERS, *, timeout: float = 5.0
+) -> ConnectivityReport:
+    """Probe UDP connectivity and its round-trip time against ``stun_servers``
+    (``stun:host[:port]``); never raises for what the network does, only for
+    bad arguments. Takes at most about ``timeout`` seconds."""
+    if not stun_servers:
+        raise InvalidArgument("stun_servers must name at least one server")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout!r}")
+    targets = [parse_stun_url(url) for url in stun_servers]
+    probe = _Probe()
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as tg:
+            probe.done = tg.cancel_scope
+            for url, (host, port) in zip(stun_servers, targets, strict=True):
+                tg.start_soon(probe.run, url, host, port)
+    if probe.answer is not None:
+        url, rtt = probe.answer
+        return attrs.evolve(classify(Transport.UDP, rtt), stun_server=url)
+    # A request went out but none came back: UDP is blocked or filtered on the way.
+    return classify(Transport.RELAY if probe.sent else Transport.FAILED, None)
+
+
+@attrs.define
+class _Probe:
+    """One binding request per server; the first answer ends them all."""
+
+    sent: bool = False
+    answer: tuple[str, int] | None = None
+    done: anyio.CancelScope = attrs.Factory(anyio.CancelScope)
+
+    async def run(self, url: str, host: str, port: int) -> None:
+        try:
+            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            family, *_, address = infos[0]
+            async with await anyio.create_connected_udp_socket(
+                address[0],
+                address[1],
+                family=socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET,
+            ) as udp:
+                await self._exchange(url, udp)
+        except OSError:  # no name, no route: this server tells nothing
+            return
+
+    async def _exchange(self, url: str, udp: anyio.abc.ConnectedUDPSocket) -> None:
+        request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        start = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._resend, udp, bytes(request))
+            try:
+                async for data in udp:
+                    try:
+                        answer = stun.parse_message(data)
+                    except ValueError:
+                        continue  # not STUN: keep listening
+                    if (
+                        answer.transaction_id == request.transaction_id
+                        and answer.message_class is stun.Class.RESPONSE
+                    ):
+                        rtt = round((anyio.current_time() - start) * 1000)
+                        if self.answer is None:
+                            self.answer = (url, rtt)
+                        self.done.cancel()
+                        return
+            except OSError:  # an ICMP error, read back: no STUN service there
+                return
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _resend(self, udp: anyio.abc.ConnectedUDPSocket, request: bytes) -> None:
+        while True:
+            try:
+                await udp.send(request)
+            except OSError:  # no route; the reader ends on its own or at the timeout
+                return
+            self.sent = True
+            await anyio.sleep(RETRANSMIT)

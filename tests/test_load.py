@@ -239,3 +239,42 @@ def test_an_upgrade_no_retry_can_mend_is_permanent_on_gevent_too(tmp_path: Path)
         )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[('SocketOpenFailed', True)]"
+
+
+MEDIA_USERS = 3
+
+
+def test_real_media_users_join_the_room_and_report_their_first_frame(tmp_path: Path) -> None:
+    """``--leanjoin-media``: every session joins its LiveKit room (the real
+    client on an asyncio thread beside gevent), publishes, decodes the echo
+    model's video and reports first_frame; rooms are left when sessions end."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with served(API_KEY, log=out / "serve.log") as url:
+        run = _locust(
+            out / "locust.log",
+            API_KEY,
+            "--headless",
+            f"--users={MEDIA_USERS}",
+            f"--spawn-rate={MEDIA_USERS}",
+            "--run-time=25s",
+            "--stop-timeout=10",
+            f"--host={url}",
+            f"--csv={out / 'run'}",
+            "--leanjoin-media",
+            "--leanjoin-session-seconds=1.5",
+            "--leanjoin-prompts=1",
+            f"--leanjoin-sessions={SESSIONS}",
+        )
+        code = _finish(run, timeout=90)
+    output = (out / "locust.log").read_text()
+    assert code == 0, output[-3000:]
+    stats = _stats(out / "run")
+    counts = {kind: int(row["Request Count"]) for kind, row in stats.items()}
+    failures = {kind: int(row["Failure Count"]) for kind, row in stats.items()}
+    started = MEDIA_USERS * SESSIONS
+    assert failures == dict.fromkeys(counts, 0), _rows(Path(f"{out / 'run'}_failures.csv"))
+    for phase in ("connected", "first_frame", "session"):
+        assert counts.get(phase) == started, (phase, counts)
+    assert API_KEY not in _locust_wrote(out)
+    assert "Traceback" not in output and "Traceback" not in (out / "serve.log").read_text()

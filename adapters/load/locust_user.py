@@ -12,6 +12,7 @@ Configured from Locust's command line (or the environment, for the workers):
 | runtime prompts per session | ``--leanjoin-prompts`` | ``LEANJOIN_PROMPTS`` |
 | seconds a session stays connected | ``--leanjoin-session-seconds`` | ``LEANJOIN_SESSION_SECONDS`` |
 | sessions per user, then it stops (0: no limit) | ``--leanjoin-sessions`` | ``LEANJOIN_SESSIONS`` |
+| real media: join the room, publish, decode, report ``first_frame`` | ``--leanjoin-media`` | ``LEANJOIN_MEDIA`` |
 
 The master sends its options to the workers when a run starts; the api key
 is read by each process from its own environment. Request names are the
@@ -42,7 +43,7 @@ from leanjoin.engine.client.config import InitialState, SessionConfig
 from leanjoin.engine.client.outputs import ErrorKind
 from leanjoin.engine.codec import Base64Text
 
-from .session_runner import DEFAULT_PROMPT, Measure, SessionPlan, SessionRunner
+from .session_runner import DEFAULT_PROMPT, Measure, RoomsFactory, SessionPlan, SessionRunner
 
 log = logging.getLogger(__name__)
 # transitions logs every callback at INFO: thousands of lines a second under load.
@@ -100,6 +101,14 @@ def _add_options(parser: LocustArgumentParser, **_kwargs: Any) -> None:
         help="seconds each session stays connected before it disconnects",
     )
     parser.add_argument(
+        "--leanjoin-media",
+        env_var="LEANJOIN_MEDIA",
+        action="store_true",
+        default=False,
+        help="join the LiveKit room for real: publish a small test pattern, decode the "
+        "model's video, report first_frame (costs a worker far more CPU per user)",
+    )
+    parser.add_argument(
         "--leanjoin-sessions",
         env_var="LEANJOIN_SESSIONS",
         type=int,
@@ -114,6 +123,16 @@ def _read_image(path: str) -> Base64Text:
     if len(data) > MAX_IMAGE_BYTES:
         raise ConfigurationError(f"--leanjoin-image: over {MAX_IMAGE_BYTES} bytes")
     return Base64Text(data)
+
+
+def _media_rooms() -> RoomsFactory:
+    # Imported only here: the LiveKit client and asyncio, in a thread of their own.
+    from leanjoin.adapters.client.room_transport import MediaOptions
+
+    from .media import MediaRooms
+
+    options = MediaOptions(max_framerate=10.0, max_bitrate=300_000)
+    return lambda post, first_frame: MediaRooms(post, first_frame, options)
 
 
 @functools.cache
@@ -156,9 +175,10 @@ def session_setup(host: str | None, options: Any) -> tuple[SessionConfig, Sessio
 
 class LeanJoinUser(User):
     """A lean-join client on Locust's gevent: one session per task, back to
-    back. Signaling only: join, queue, room_info, the initial-state ack and
-    runtime prompts; the room step is reported by the adapter, no media is
-    sent. Subclass it in a locustfile (it is abstract, as Locust's HttpUser is)."""
+    back. Signaling only by default: join, queue, room_info, the initial-state
+    ack and runtime prompts; the room step is reported by the adapter, no
+    media is sent. With ``--leanjoin-media`` each session joins its LiveKit
+    room for real (``media.py``). Subclass it in a locustfile (it is abstract, as Locust's HttpUser is)."""
 
     abstract = True
     wait_time = constant(0)
@@ -184,7 +204,9 @@ class LeanJoinUser(User):
 
     def run_session(self) -> None:
         """One session (returns when it is over); a subclass may add steps around it."""
-        SessionRunner(self._config, self._plan, self._report).run()
+        media = getattr(self.environment.parsed_options, "leanjoin_media", False)
+        rooms = _media_rooms() if media else None
+        SessionRunner(self._config, self._plan, self._report, rooms=rooms).run()
 
     def _report(self, measure: Measure, seconds: float, failure: ErrorKind | None) -> None:
         self.environment.events.request.fire(

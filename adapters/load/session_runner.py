@@ -9,16 +9,20 @@ steps: feed the engine (``handle`` for an input, ``handle_timer(now)`` once
 the deadline has passed), perform the effects, report the events. ``now`` is
 ``time.monotonic()``.
 
-Signaling only: no media is sent. The adapter reports the room step itself:
-``ConnectRoom`` is answered with ``RoomConnected`` and ``PublishTracks`` with
-``TracksPublished``, fed at once, before anything else reaches the engine.
+Signaling only by default: no media is sent. The adapter reports the room
+step itself: ``ConnectRoom`` is answered with ``RoomConnected`` and
+``PublishTracks`` with ``TracksPublished``, fed at once, before anything else
+reaches the engine. With ``rooms`` (``media.MediaRooms``) the room step is
+real: the LiveKit room is joined, a test pattern published, the model's video
+decoded, and the time to its first frame measured.
 
 What it measures (one :class:`Measure` each, reported through ``report``):
 time to ``livekit_room_info`` and to connected (from the connect, or from the
 start of a reconnect), the queue wait (first ``queue_position`` to room_info,
 for attempts that queued), the initial-state ack latency (initial-state frame
 issued to its ack's arrival, even when the engine holds an early ack until
-room_info), each runtime prompt's ack latency, and the session
+room_info), each runtime prompt's ack latency, the first output frame (with
+media; from the connect or the reconnect), and the session
 (connect to disconnect). A failed attempt is one failure of the milestone it
 was waiting for (room_info, or connected once room_info came), with the
 engine's :class:`~leanjoin.engine.client.outputs.ErrorKind`; a session lost
@@ -32,7 +36,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import gevent
@@ -55,6 +59,7 @@ from leanjoin.engine.client.outputs import (
     CloseSocket,
     ConnectionState,
     ConnectRoom,
+    DisconnectRoom,
     ErrorKind,
     ErrorOccurred,
     FramePurpose,
@@ -63,6 +68,7 @@ from leanjoin.engine.client.outputs import (
     Output,
     PublishTracks,
     QueuePositionChanged,
+    RemoteStream,
     RequestAcked,
     RequestFailed,
     RetryScheduled,
@@ -91,12 +97,32 @@ class Measure(enum.Enum):
     CONNECTED = "connected"
     INITIAL_STATE_ACK = "initial_state_ack"
     PROMPT_ACK = "prompt_ack"
+    FIRST_FRAME = "first_frame"  # with media only
     SESSION = "session"
     ERROR = "error"  # a non-fatal error of no phase (a malformed frame, a server error)
 
 
 Report = Callable[[Measure, float, ErrorKind | None], None]
 """``report(measure, seconds, failure)``: ``failure`` is None for a success."""
+
+
+class Rooms(Protocol):
+    """The real room step (``media.MediaRooms``): one room per attempt."""
+
+    def connect(self, effect: ConnectRoom) -> None: ...
+
+    def publish(self, attempt: AttemptId) -> None: ...
+
+    def watch(self, attempt: AttemptId, track_sid: str) -> None: ...
+
+    def disconnect(self, attempt: AttemptId) -> None: ...
+
+    def close(self) -> None: ...
+
+
+RoomsFactory = Callable[[Callable[[Input], None], Callable[[AttemptId], None]], Rooms]
+"""``factory(post, first_frame)``: rooms that post their results and say when
+an attempt's first output frame arrived (both called in the session's thread)."""
 
 
 @attrs.frozen
@@ -125,6 +151,7 @@ class SessionRunner:
         report: Report,
         socket_options: GeventSocketOptions = _DEFAULT_SOCKET,
         clock: Callable[[], float] = time.monotonic,
+        rooms: RoomsFactory | None = None,
     ) -> None:
         self._engine = ClientSession(config)
         self._plan = plan
@@ -149,6 +176,7 @@ class SessionRunner:
         self._failure: ErrorKind | None = None  # why the session was not clean
         self._quitting = False  # our own Disconnect: its request failures are not failures
         self._over = False
+        self._rooms = None if rooms is None else rooms(self._inbox.put, self._first_frame)
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -240,6 +268,8 @@ class SessionRunner:
         for socket in self._sockets.values():
             socket.join(timeout=self._socket_options.close_timeout + 1.0)
         self._sockets.clear()
+        if self._rooms is not None:
+            self._rooms.close()
 
     # ---- effects and events ----------------------------------------------------------------
 
@@ -255,9 +285,18 @@ class SessionRunner:
             elif isinstance(output, ConnectRoom):
                 self._room_info(output, now)
             elif isinstance(output, PublishTracks):
-                self._soon.append(TracksPublished(output.attempt))  # nothing to publish
+                if self._rooms is None:
+                    self._soon.append(TracksPublished(output.attempt))  # nothing to publish
+                else:
+                    self._rooms.publish(output.attempt)
+            elif isinstance(output, DisconnectRoom):
+                if self._rooms is not None:  # signaling only: no room was joined
+                    self._rooms.disconnect(output.attempt)
             else:
-                self._event(output, now)  # DisconnectRoom needs nothing: no room was joined
+                rooms = self._rooms
+                if rooms is not None and isinstance(output, RemoteStream) and output.kind == "video":
+                    rooms.watch(output.attempt, output.track_sid)
+                self._event(output, now)
 
     def _open(self, effect: OpenSocket) -> None:
         # A fresh attempt: what was measured of the last one is gone with it.
@@ -285,7 +324,14 @@ class SessionRunner:
         self._report(Measure.ROOM_INFO, now - self._started, None)
         if self._queued_at is not None:
             self._report(Measure.QUEUE_WAIT, now - self._queued_at, None)
-        self._soon.append(RoomConnected(effect.attempt))  # signaling only: no room to join
+        if self._rooms is None:
+            self._soon.append(RoomConnected(effect.attempt))  # signaling only: no room to join
+        else:
+            self._rooms.connect(effect)
+
+    def _first_frame(self, attempt: AttemptId) -> None:
+        if attempt == self._engine.attempt and not self._over:
+            self._report(Measure.FIRST_FRAME, self._clock() - self._started, None)
 
     def _milestone_failed(self, kind: ErrorKind, now: float) -> None:
         """An attempt failed before connected: a failure of what it waited for."""

@@ -294,7 +294,11 @@ class SessionRunner:
                     self._rooms.disconnect(output.attempt)
             else:
                 rooms = self._rooms
-                if rooms is not None and isinstance(output, RemoteStream) and output.kind == "video":
+                if (
+                    rooms is not None
+                    and isinstance(output, RemoteStream)
+                    and output.kind == "video"
+                ):
                     rooms.watch(output.attempt, output.track_sid)
                 self._event(output, now)
 

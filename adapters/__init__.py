@@ -50,6 +50,14 @@ from leanjoin.engine.client.session import NotConnectedError, UsageError
 
 if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
+    from leanjoin.adapters.client.files import (
+        FileNotFound,
+        FileReference,
+        FilesClient,
+        HttpApiError,
+        WatchCredentials,
+        watch_credentials,
+    )
     from leanjoin.adapters.client.images import image_to_base64
     from leanjoin.adapters.client.room_transport import MediaOptions
     from leanjoin.adapters.client.video_sources import (
@@ -66,6 +74,12 @@ _LAZY: Final = {
     "Milestone": "api",
     "Session": "api",
     "connect": "api",
+    "FileNotFound": "files",
+    "FileReference": "files",
+    "FilesClient": "files",
+    "HttpApiError": "files",
+    "WatchCredentials": "files",
+    "watch_credentials": "files",
     "image_to_base64": "images",
     "MediaOptions": "room_transport",
     "ArraySource": "video_sources",
@@ -97,10 +111,14 @@ __all__ = [
     "ErrorKind",
     "ErrorOccurred",
     "Event",
+    "FileNotFound",
+    "FileReference",
     "FileSource",
+    "FilesClient",
     "Frame",
     "GenerationStopped",
     "GenerationTicked",
+    "HttpApiError",
     "ImageError",
     "InitialStateAcked",
     "InvalidArgument",
@@ -130,8 +148,10 @@ __all__ = [
     "UnsupportedImageSource",
     "UsageError",
     "VideoSource",
+    "WatchCredentials",
     "connect",
     "image_to_base64",
     "is_realtime_model",
     "list_models",
+    "watch_credentials",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from leanjoin.adapters import (
@@ -29,6 +30,8 @@ from leanjoin.adapters import (
     WatchCredentials,
     watch_credentials,
 )
+from leanjoin.adapters.cli.main import _image_option, main
+from leanjoin.adapters.cli.serve import http_port_for
 from leanjoin.adapters.client.files import room_of
 from leanjoin.adapters.client.png import encode_png
 from leanjoin.adapters.server.file_store import FileStore
@@ -353,3 +356,43 @@ def test_bad_base_urls_and_no_key_are_invalid_arguments(monkeypatch: pytest.Monk
         FilesClient()
     monkeypatch.setenv("DECART_API_KEY", "from-env")
     assert FilesClient().base_url == "https://api.decart.ai"
+
+
+# ---- the CLI's options -----------------------------------------------------------------
+
+
+def test_cli_image_is_a_file_or_an_uploaded_files_id(tmp_path: Path) -> None:
+    env = {"LEANJOIN_API_KEY": KEY}
+    result = CliRunner(env=env).invoke(
+        main, ["connect", "ws://127.0.0.1:9/v1/stream", "--model", "echo", "--image", "nothing"]
+    )
+    assert result.exit_code == 2
+    assert "neither a file nor an uploaded file's id (file_...)" in result.output
+    assert _image_option("file_abc123") == "file_abc123"  # no such file: an id
+    named = tmp_path / "file_abc123"
+    named.write_bytes(PNG)
+    assert _image_option(str(named)) == str(named)  # a file of that name is a file
+
+
+def test_cli_files_needs_a_key_and_a_valid_ttl(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(PNG)
+    no_key = {"LEANJOIN_API_KEY": "", "DECART_API_KEY": ""}
+    result = CliRunner(env=no_key).invoke(main, ["files", "upload", str(image)])
+    assert result.exit_code == 2 and "LEANJOIN_API_KEY or DECART_API_KEY" in result.output
+    for ttl in ("59", "2592001", "soon"):
+        result = CliRunner(env={"LEANJOIN_API_KEY": KEY}).invoke(
+            main, ["files", "upload", str(image), "--ttl", ttl]
+        )
+        assert result.exit_code == 2 and "is not a number of seconds" in result.output
+    result = CliRunner(env={"LEANJOIN_API_KEY": KEY}).invoke(
+        main, ["files", "get", "file_1", "--base-url", "ftp://host"]
+    )
+    assert result.exit_code == 2 and "base_url must be an http:// or https:// URL" in result.output
+
+
+def test_serve_puts_the_http_api_next_to_the_stream_port() -> None:
+    assert http_port_for(8765, None) == 8766
+    assert http_port_for(0, None) == 0  # any free port, as the stream's
+    assert http_port_for(65535, None) == 0
+    assert http_port_for(8765, 9000) == 9000

@@ -11,6 +11,7 @@ import base64
 import datetime
 import io
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -396,3 +397,20 @@ def test_serve_puts_the_http_api_next_to_the_stream_port() -> None:
     assert http_port_for(0, None) == 0  # any free port, as the stream's
     assert http_port_for(65535, None) == 0
     assert http_port_for(8765, 9000) == 9000
+
+
+async def test_no_key_token_or_file_content_in_the_servers_log(
+    server: ReferenceServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server.livekit.room("room-3")
+    async with files_of(server) as files:
+        ref = await files.upload(PNG, "persistent")
+        await files.get(ref.id)
+        await files.delete(ref.id)
+    credentials = await watch_credentials("room-3", base_url=server.http_url, api_key=KEY)
+    with pytest.raises(HttpApiError):
+        await files_of(server, "wrong-secret-key-5").upload(PNG)
+    assert f"file {ref.id} stored" in caplog.text and "viewer token minted" in caplog.text
+    for secret in (KEY, "wrong-secret-key-5", credentials.token, base64.b64encode(PNG).decode()):
+        assert secret not in caplog.text

@@ -28,9 +28,11 @@ from leanjoin.adapters import (
     RequestRejected,
     RetryPolicy,
     Session,
+    SessionStarted,
     TestPattern,
     Timeouts,
     connect,
+    watch_credentials,
 )
 from leanjoin.adapters.client.png import encode_png
 from leanjoin.adapters.server.echo_model import colours_close, mean_colour, output_bands
@@ -86,6 +88,11 @@ async def test_upload_then_connect_with_file_ref(server: ReferenceServer) -> Non
         await session.set_image(second.id)  # a later set_image names a file too
         await reference_band(session, mean_colour(SECOND))
         room = session.room_name
+        (started,) = [e for e in events if isinstance(e, SessionStarted)]
+        viewer = await watch_credentials(
+            started.subscribe_token, base_url=server.http_url, api_key=server.api_key
+        )
+        assert viewer.room_name == room and viewer.livekit_url == server.livekit.url
     assert any(isinstance(e, InitialStateAcked) for e in events)
     assert not any(isinstance(e, ErrorOccurred) for e in events)
     await server_idle(server, room)

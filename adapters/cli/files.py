@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 import attrs
@@ -46,6 +46,13 @@ def _ttl(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Ttl
         f"{value!r} is not a number of seconds in [{MIN_TTL_SECONDS}, {MAX_TTL_SECONDS}] "
         "or 'persistent'"
     )
+
+
+EXIT_STATUS: Final = """\b
+Exit status:
+  0  done
+  1  the request failed (the HTTP status and the server's text, on stderr)
+  2  usage: a bad option or argument, or no api key"""
 
 
 def _base_url_option(command: F) -> F:
@@ -85,7 +92,7 @@ def files() -> None:
     """Upload reference images once, then connect with --image file_...."""
 
 
-@files.command("upload")
+@files.command("upload", epilog=EXIT_STATUS)
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--ttl",
@@ -100,7 +107,7 @@ def upload(path: Path, ttl: Ttl | None, base_url: str) -> None:
     _print(_run(lambda: client.upload(path, ttl)))
 
 
-@files.command("get")
+@files.command("get", epilog=EXIT_STATUS)
 @click.argument("file_id")
 @_base_url_option
 def get(file_id: str, base_url: str) -> None:
@@ -109,7 +116,7 @@ def get(file_id: str, base_url: str) -> None:
     _print(_run(lambda: client.get(file_id)))
 
 
-@files.command("delete")
+@files.command("delete", epilog=EXIT_STATUS)
 @click.argument("file_id")
 @_base_url_option
 def delete(file_id: str, base_url: str) -> None:

@@ -220,8 +220,11 @@ class _Caller:
         url: str,
         *,
         content_type: str | None = None,
+        not_found: type[HttpApiError] = HttpApiError,
         **request: Any,
     ) -> httpx.Response:
+        """The answer, when a success; else an :class:`HttpApiError`
+        (``not_found``'s kind for a 404)."""
         operation = self.scrub(operation)  # it may quote what the caller passed
         headers = dict(self._headers)
         if content_type is not None:
@@ -238,7 +241,7 @@ class _Caller:
         if response.is_success:
             return response
         detail = self.scrub(_error_text(response))
-        kind = FileNotFound if response.status_code == 404 and "file" in operation else HttpApiError
+        kind = not_found if response.status_code == 404 else HttpApiError
         raise kind(operation, response.status_code, detail)
 
     def json(self, operation: str, response: httpx.Response) -> Any:
@@ -326,13 +329,17 @@ class FilesClient:
     async def get(self, file_id: str) -> FileReference:
         """The metadata of an uploaded file; :class:`FileNotFound` when there is none."""
         operation = f"file get of {file_id[:64]!r}"
-        response = await self._caller.call(operation, "GET", self._file_url(file_id))
+        response = await self._caller.call(
+            operation, "GET", self._file_url(file_id), not_found=FileNotFound
+        )
         return self._reference(operation, response)
 
     async def delete(self, file_id: str) -> None:
         """Delete an uploaded file; :class:`FileNotFound` when there is none."""
         operation = f"file delete of {file_id[:64]!r}"
-        await self._caller.call(operation, "DELETE", self._file_url(file_id))
+        await self._caller.call(
+            operation, "DELETE", self._file_url(file_id), not_found=FileNotFound
+        )
 
     def _file_url(self, file_id: str) -> str:
         if not file_id:

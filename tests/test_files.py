@@ -8,18 +8,23 @@ holds, as a session's room is held from its admission on.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import io
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from client_helpers import WAIT, served_with_http
 from PIL import Image
+from websockets.asyncio.client import connect as ws_connect
 
 from leanjoin.adapters import (
     FileNotFound,
@@ -38,6 +43,7 @@ from leanjoin.adapters.client.png import encode_png
 from leanjoin.adapters.server.file_store import FileStore
 from leanjoin.adapters.server.lkdouble import tokens
 from leanjoin.adapters.server.reference import ReferenceServer
+from leanjoin.adapters.server.shared_rooms import SharedRooms
 from leanjoin.engine.client.session import subscribe_token
 from leanjoin.engine.server.knobs import ServerKnobs
 
@@ -414,3 +420,60 @@ async def test_no_key_token_or_file_content_in_the_servers_log(
     assert f"file {ref.id} stored" in caplog.text and "viewer token minted" in caplog.text
     for secret in (KEY, "wrong-secret-key-5", credentials.token, base64.b64encode(PNG).decode()):
         assert secret not in caplog.text
+
+
+async def answers_watch_stream(room: str, http: str) -> bool:
+    try:
+        await watch_credentials(room, base_url=http, api_key=KEY)
+    except HttpApiError as refused:
+        assert refused.status == 404, refused
+        return False
+    return True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreads connections on Linux")
+def test_serve_workers_answer_watch_stream_for_each_others_rooms() -> None:
+    """Every worker of ``serve --workers 2`` answers a viewer of any session's
+    room with the URL of the double that holds it and a token that double takes."""
+
+    async def sessions_then_viewers(url: str, http: str) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            rooms: dict[str, str] = {}
+            for _ in range(6):  # spread over the workers by the kernel
+                socket = await stack.enter_async_context(ws_connect(f"{url}?api_key={KEY}"))
+                await socket.send(json.dumps({"type": "livekit_join", "passthrough": True}))
+                info = json.loads(await socket.recv())
+                rooms[info["room_name"]] = info["livekit_url"]
+            async with httpx.AsyncClient() as client:
+                for room, livekit_url in rooms.items():
+                    for _ in range(4):  # each a new connection: either worker may answer
+                        viewer = await watch_credentials(room, base_url=http, api_key=KEY)
+                        assert (viewer.room_name, viewer.livekit_url) == (room, livekit_url)
+                        check = await client.get(
+                            livekit_url.replace("ws://", "http://") + "/rtc/validate",
+                            params={"access_token": viewer.token},
+                        )
+                        assert check.status_code == 200, check.text
+        # The sessions are over (each worker hears so on its own): their rooms go.
+        with anyio.fail_after(WAIT):
+            for room in rooms:
+                while await answers_watch_stream(room, http):
+                    await anyio.sleep(0.05)
+
+    with served_with_http(KEY, "--workers", "2") as (url, http):
+        anyio.run(sessions_then_viewers, url, http)
+
+
+def test_shared_rooms_are_noted_and_forgotten_in_order(tmp_path: Path) -> None:
+    rooms, other = SharedRooms(tmp_path), SharedRooms(tmp_path)
+    for round_ in range(50):  # a note and its removal never swap places
+        rooms.note("leanjoin-1", f"ws://127.0.0.1:{round_}")
+        rooms.forget("leanjoin-1")
+    rooms.note("leanjoin-2", "ws://127.0.0.1:7880")
+    rooms.note("../escape", "ws://x")  # no file name: ignored
+    rooms.close()
+    assert other.find("leanjoin-2") == "ws://127.0.0.1:7880"
+    assert other.find("leanjoin-1") is None and other.find("../escape") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["leanjoin-2"]
+    rooms.note("leanjoin-3", "ws://late")  # after close: dropped, no error
+    other.close()

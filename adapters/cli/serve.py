@@ -28,7 +28,12 @@ from typing import Any, Final, TypeVar
 import attrs
 import click
 
-from leanjoin.adapters.cli.workers import WORKER_KEY_ENV, knob_options, supervise
+from leanjoin.adapters.cli.workers import (
+    WORKER_KEY_ENV,
+    WORKER_LIVEKIT_SECRET_ENV,
+    knob_options,
+    supervise,
+)
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.server.knobs import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
 
@@ -161,6 +166,7 @@ async def _run(
         reuse_port=worker is not None,
         http_port=http_port,
         files_dir=files_dir,
+        livekit_secret=os.environ.get(WORKER_LIVEKIT_SECRET_ENV) if worker is not None else None,
     ) as server:
         _tune_gc()
         losses: set[asyncio.Task[None]] = set()

@@ -15,9 +15,10 @@ own, named in the ``livekit_room_info`` it sends) and the session numbers of
 the log, whose lines name their worker. Nothing of a session is shared, so
 no join waits on another process. Shared: the HTTP API's port (also
 ``SO_REUSEPORT``) and the directory of uploaded files (``--files-dir``, else a
-temporary one the parent removes at the end), so any worker finds any upload;
-a room, though, is one worker's: ``/watch-stream`` finds only the rooms of the
-worker that answers it.
+temporary one the parent removes at the end), so any worker finds any upload,
+and in it which worker's double holds each room, so any worker answers a
+viewer's ``/watch-stream`` (the doubles share one secret, handed over as the
+api key is).
 
 The parent prints where the server listens once every worker does, forwards
 SIGUSR1 (a room loss) to each, and on SIGINT or SIGTERM, or when a worker
@@ -50,6 +51,9 @@ from leanjoin.engine.server.knobs import ServerKnobs
 
 WORKER_KEY_ENV: Final = "LEANJOIN_SERVE_WORKER_API_KEY"
 """How the parent hands its workers the api key (never on a command line)."""
+WORKER_LIVEKIT_SECRET_ENV: Final = "LEANJOIN_SERVE_WORKER_LIVEKIT_SECRET"
+"""The secret of every worker's LiveKit double: each mints viewers' tokens
+for the rooms of the others (``/watch-stream``)."""
 
 READY_TIMEOUT: Final = 60.0  # seconds a worker may take to start listening
 STOP_TIMEOUT: Final = 30.0  # seconds a worker gets to stop after SIGTERM
@@ -151,7 +155,12 @@ async def _supervise(
         str(files_dir),
         *options,
     ]
-    env = {**os.environ, WORKER_KEY_ENV: key, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        WORKER_KEY_ENV: key,
+        WORKER_LIVEKIT_SECRET_ENV: secrets.token_urlsafe(32),
+        "PYTHONUNBUFFERED": "1",
+    }
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -75,6 +75,7 @@ from .file_store import FileStore
 from .http_api import HttpApi, make_app
 from .lkdouble import LiveKitDouble, RoomHandle
 from .reading import Prefetching, Uplink, UplinkConnection, receive
+from .shared_rooms import SharedRooms
 
 log = logging.getLogger("leanjoin.server")
 
@@ -202,6 +203,7 @@ class ReferenceServer:
         reuse_port: bool = False,
         http_port: int = 0,
         files_dir: Path | None = None,
+        livekit_secret: str | None = None,
     ) -> None:
         """``reuse_port``: listen with ``SO_REUSEPORT`` (Linux), so that several
         processes serve one port, the kernel spreading the connections
@@ -209,7 +211,9 @@ class ReferenceServer:
 
         ``http_port``: the HTTP API's (files, watch-stream; 0: a free port).
         ``files_dir``: where uploads are kept (shared by the workers of one
-        serve run); None: a temporary directory of this server's, removed at close."""
+        serve run); None: a temporary directory of this server's, removed at close.
+        Given, the rooms are noted there too, so that a viewer's credentials come
+        from any worker (whose doubles share ``livekit_secret``; None: a new one)."""
         self._host = host
         self._port = port
         self._reuse_port = reuse_port
@@ -218,11 +222,13 @@ class ReferenceServer:
         self._own_files_dir: Path | None = None
         self._http: HttpApi | None = None
         self._files: FileStore | None = None
+        self._shared_rooms = None if files_dir is None else SharedRooms(files_dir / ".rooms")
         self.__api_key = api_key if api_key is not None else secrets.token_urlsafe(24)
         self.knobs = knobs
         self._livekit = LiveKitDouble(
             host=host,
             api_key="leanjoin-double",
+            api_secret=livekit_secret,
             media_setup_delay=knobs.media_setup_delay,
             join_answer_delay=knobs.join_answer_delay,
             publish_delay=knobs.publish_delay,
@@ -330,10 +336,17 @@ class ReferenceServer:
         await self._http.start()
 
     def _viewer_credentials(self, room_name: str) -> tuple[str, str] | None:
-        """A viewer's LiveKit URL and subscribe-only token, if a session has this room."""
-        if self._livekit.find_room(room_name) is None:
+        """A viewer's LiveKit URL and subscribe-only token, if a session has this
+        room (here, or in another worker's double)."""
+        if self._livekit.find_room(room_name) is not None:
+            livekit_url: str | None = self._livekit.url
+        elif self._shared_rooms is not None:
+            livekit_url = self._shared_rooms.find(room_name)
+        else:
+            livekit_url = None
+        if livekit_url is None:
             return None
-        return self._livekit.url, self._livekit.mint_viewer_token(room=room_name)
+        return livekit_url, self._livekit.mint_viewer_token(room=room_name)
 
     async def __aexit__(
         self,
@@ -358,6 +371,8 @@ class ReferenceServer:
         await server.wait_closed()
         if self._http is not None:
             await self._http.aclose()
+        if self._shared_rooms is not None:
+            await asyncio.to_thread(self._shared_rooms.close)
         if self._own_files_dir is not None:
             shutil.rmtree(self._own_files_dir, ignore_errors=True)
         for task in list(self._background):
@@ -556,6 +571,8 @@ class ReferenceServer:
         room = connection.room = self._livekit.room(room_name)
         room.refuses_joins = self.knobs.refuse_media and connection.engine.faults
         room.listener = _RoomNews(functools.partial(self._feed, connection))
+        if self._shared_rooms is not None:
+            self._shared_rooms.note(room_name, self._livekit.url)
         return RoomReady(self._livekit.url, token, room_name, session_id)
 
     def _decoded_already(self, connection: _Connection, effect: DecodeReference) -> bool:
@@ -641,6 +658,8 @@ class ReferenceServer:
         if room is not None:
             room.listener = None  # the closed engine hears nothing more of it
             self._livekit.release_room(room.name)
+            if self._shared_rooms is not None:
+                self._shared_rooms.forget(room.name)
             if room.participants:
                 self._in_background(room.disconnect_participants("session ended"))
 

@@ -222,7 +222,7 @@ class ReferenceServer:
         self._own_files_dir: Path | None = None
         self._http: HttpApi | None = None
         self._files: FileStore | None = None
-        self._shared_rooms = None if files_dir is None else SharedRooms(files_dir / ".rooms")
+        self._shared_rooms: SharedRooms | None = None
         self.__api_key = api_key if api_key is not None else secrets.token_urlsafe(24)
         self.knobs = knobs
         self._livekit = LiveKitDouble(
@@ -323,9 +323,12 @@ class ReferenceServer:
         return self
 
     async def _start_http(self) -> None:
-        if self._files_dir is None:
-            self._own_files_dir = Path(tempfile.mkdtemp(prefix="leanjoin-files-"))
-        self._files = FileStore(self._files_dir or self._own_files_dir or Path())
+        directory = self._files_dir
+        if directory is None:
+            directory = self._own_files_dir = Path(tempfile.mkdtemp(prefix="leanjoin-files-"))
+        else:  # a directory shared with other workers: note the rooms there too
+            self._shared_rooms = SharedRooms(directory / ".rooms")
+        self._files = FileStore(directory)
         app = make_app(
             api_key=self.__api_key,
             files=self._files,

@@ -50,6 +50,14 @@ from leanjoin.engine.client.session import NotConnectedError, UsageError
 
 if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
+    from leanjoin.adapters.client.files import (
+        FileNotFound,
+        FileReference,
+        FilesClient,
+        HttpApiError,
+        WatchCredentials,
+        watch_credentials,
+    )
     from leanjoin.adapters.client.images import image_to_base64
     from leanjoin.adapters.client.preflight import ConnectivityReport, check_connectivity
     from leanjoin.adapters.client.room_transport import MediaOptions
@@ -67,6 +75,12 @@ _LAZY: Final = {
     "Milestone": "api",
     "Session": "api",
     "connect": "api",
+    "FileNotFound": "files",
+    "FileReference": "files",
+    "FilesClient": "files",
+    "HttpApiError": "files",
+    "WatchCredentials": "files",
+    "watch_credentials": "files",
     "image_to_base64": "images",
     "ConnectivityReport": "preflight",
     "check_connectivity": "preflight",
@@ -101,10 +115,14 @@ __all__ = [
     "ErrorKind",
     "ErrorOccurred",
     "Event",
+    "FileNotFound",
+    "FileReference",
     "FileSource",
+    "FilesClient",
     "Frame",
     "GenerationStopped",
     "GenerationTicked",
+    "HttpApiError",
     "ImageError",
     "InitialStateAcked",
     "InvalidArgument",
@@ -134,9 +152,11 @@ __all__ = [
     "UnsupportedImageSource",
     "UsageError",
     "VideoSource",
+    "WatchCredentials",
     "check_connectivity",
     "connect",
     "image_to_base64",
     "is_realtime_model",
     "list_models",
+    "watch_credentials",
 ]

@@ -32,6 +32,15 @@ def served(api_key: str, *options: str, log: Path | None = None) -> Iterator[str
     """``leanjoin serve`` (with ``options``) in a process of its own on
     127.0.0.1; yields its stream endpoint. Its stderr goes to ``log`` (None:
     discarded); it is stopped with SIGTERM, killed after 30 s."""
+    with served_with_http(api_key, *options, log=log) as (url, _http):
+        yield url
+
+
+@contextmanager
+def served_with_http(
+    api_key: str, *options: str, log: Path | None = None
+) -> Iterator[tuple[str, str]]:
+    """As :func:`served`; yields its stream endpoint and its HTTP API's base URL."""
     command = [str(LEANJOIN), "serve", "--host", "127.0.0.1", "--port", "0", "--api-key", api_key]
     with contextlib.ExitStack() as stack:
         stderr = subprocess.DEVNULL if log is None else stack.enter_context(log.open("w"))
@@ -42,7 +51,12 @@ def served(api_key: str, *options: str, log: Path | None = None) -> Iterator[str
         assert serve.stdout is not None
         url = serve.stdout.readline().rsplit(" ", 1)[-1].strip()
         assert url.startswith("ws://127.0.0.1:"), url
-        yield url
+        # Its last line at start-up (the LiveKit double or doubles come before it).
+        while not (line := serve.stdout.readline()).startswith("HTTP API") and line:
+            pass
+        http = line.rsplit(" ", 1)[-1].strip()
+        assert http.startswith("http://127.0.0.1:"), http
+        yield url, http
     finally:
         serve.terminate()
         try:

@@ -15,9 +15,13 @@ KEY = "leanjoin-double"
 SECRET = "a-secret-long-enough-for-hs256-0123456789"
 
 
-def _access_token(room: str, identity: str, ttl_seconds: int) -> str:
+def _access_token(room: str, identity: str, ttl_seconds: int, publish: bool = True) -> str:
     grants = api.VideoGrants(
-        room_join=True, room=room, can_publish=True, can_subscribe=True, can_publish_data=True
+        room_join=True,
+        room=room,
+        can_publish=publish,
+        can_subscribe=True,
+        can_publish_data=publish,
     )
     return (
         api.AccessToken(KEY, SECRET)
@@ -42,6 +46,19 @@ def test_minter_writes_the_token_livekit_api_writes(room: str, identity: str) ->
         if int(time.time()) == before:
             break
     assert ours == once == theirs
+
+
+def test_a_viewer_token_is_livekit_apis_subscribe_only_token() -> None:
+    minter = tokens.Minter(KEY, SECRET)
+    for _ in range(5):  # all inside one second of the wall clock (nbf, exp)
+        before = int(time.time())
+        ours = minter.mint(room="r", identity="viewer-1", ttl_seconds=600, publish=False)
+        theirs = _access_token("r", "viewer-1", 600, publish=False)
+        if int(time.time()) == before:
+            break
+    assert ours == theirs
+    grant = tokens.verify(KEY, SECRET, ours)
+    assert grant.can_subscribe and not grant.can_publish and not grant.can_publish_data
 
 
 def test_minted_token_verifies_with_its_grant() -> None:

@@ -30,12 +30,14 @@ from leanjoin.engine.server.events import (
     FailMedia,
     FrameIn,
     FrameOut,
+    LoadReference,
     Opened,
     PeerClosed,
     PhaseChanged,
     QueueFull,
     QueueMoved,
     ReferenceDecoded,
+    ReferenceMissing,
     ReferenceUndecodable,
     ReleaseSlot,
     RequestNumber,
@@ -507,12 +509,53 @@ def test_an_undecodable_reference_is_rejected_after_the_adapter_tries() -> None:
     assert h.phase() is P.STREAMING  # nothing applied: no generation yet
 
 
-def test_image_ref_is_refused_clearly() -> None:
+def test_an_image_ref_is_loaded_by_the_adapter_and_applied_as_the_reference() -> None:
     h = Harness()
     h.open()
     h.join(passthrough=False)
-    h.frame(0, {"type": "set_image", "image_ref": "file-123"})
-    assert "image_ref is not supported" in h.sent()[-1]["error"]
+    h.new()
+    h.frame(0, {"type": "set_image", "image_ref": "file_123", "prompt": "a cat"})
+    out = h.new()
+    assert effects(out, LoadReference) == [LoadReference(RequestNumber(1), "file_123")]
+    assert not effects(out, DecodeReference) and not effects(out, FrameOut)
+    h.feed(0, ReferenceDecoded(RequestNumber(1)))
+    assert h.sent() == [{"type": "set_image_ack", "success": True}]
+    assert h.sessions[0].model_state == ("a cat", RequestNumber(1))
+
+
+def test_an_image_ref_naming_no_stored_file_is_rejected_naming_the_id() -> None:
+    h = Harness()
+    h.open()
+    h.join(passthrough=False)
+    h.frame(0, {"type": "set_image", "image_ref": "file_gone"})
+    h.feed(0, ReferenceMissing(RequestNumber(1), "file_gone"))
+    ack = h.sent()[-1]
+    assert ack["type"] == "set_image_ack" and ack["success"] is False
+    assert "'file_gone' names no stored file" in ack["error"]
+    h.feed(0, ClientVideoArrived())
+    assert h.phase() is P.STREAMING  # nothing applied: no generation yet
+
+
+@pytest.mark.parametrize(
+    ("ref", "problem"), [("", "image_ref is empty"), ("f" * 129, "129 characters, over the limit")]
+)
+def test_a_bad_image_ref_is_rejected_unloaded(ref: str, problem: str) -> None:
+    h = Harness()
+    h.open()
+    h.join(passthrough=False)
+    h.frame(0, {"type": "set_image", "image_ref": ref})
+    out = h.new()
+    assert not effects(out, LoadReference)
+    ack = [json.loads(o.frame) for o in effects(out, FrameOut)][-1]
+    assert ack["success"] is False and problem in ack["error"]
+
+
+def test_reject_reference_knob_refuses_image_refs_too() -> None:
+    h = Harness(ServerKnobs(reject_reference=True))
+    h.open()
+    h.join(passthrough=False)
+    h.frame(0, {"type": "set_image", "image_ref": "file_1"})
+    assert "reject_reference" in h.sent()[-1]["error"]
 
 
 def test_reject_reference_knob() -> None:

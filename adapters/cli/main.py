@@ -1,4 +1,4 @@
-"""The ``leanjoin`` command line: ``connect``, ``demo``, ``serve``, ``check``, ``diagrams``.
+"""The ``leanjoin`` command line: ``connect``, ``demo``, ``serve``, ``files``, ``check``, ``diagrams``.
 
 ``connect`` needs only the client. ``serve`` and ``demo`` need the server stack
 (``pip install 'leanjoin[server]'``); without it they fail with one line saying
@@ -44,7 +44,7 @@ from leanjoin.adapters.client.endpoint import (
     stream_url,
 )
 from leanjoin.adapters.client.errors import LeanJoinError
-from leanjoin.adapters.client.images import image_to_base64
+from leanjoin.adapters.client.images import file_ref, image_to_base64
 from leanjoin.adapters.client.models import ModelDefinition, UnknownModelError, resolve_model
 from leanjoin.adapters.client.png import write_png
 from leanjoin.adapters.client.room_transport import MediaOptions
@@ -70,6 +70,7 @@ LAZY_COMMANDS: Final[Mapping[str, str]] = {
     "check": "leanjoin.adapters.cli.check:check",
     "diagrams": "leanjoin.adapters.cli.diagrams:diagrams",
     "preflight": "leanjoin.adapters.cli.preflight:preflight",
+    "files": "leanjoin.adapters.cli.files:files",
     "serve": "leanjoin.adapters.cli.serve:serve",
 }
 # Subcommands that import the server stack (the `server` extra).
@@ -143,6 +144,19 @@ def _exit_codes_help() -> str:
             meaning, width=76, initial_indent=f"  {int(code)}  ", subsequent_indent="     "
         )
     return "\n".join(lines)
+
+
+def _image_option(value: str | None) -> str | None:
+    """``--image``: an uploaded file's id (unless a file has that name), else
+    a file that must exist."""
+    if value is None or (file_ref(value) and not Path(value).exists()):
+        return value
+    if not Path(value).is_file():
+        raise click.BadParameter(
+            f"{value!r} is neither a file nor an uploaded file's id (file_...)",
+            param_hint="'--image'",
+        )
+    return value
 
 
 def _fail(reason: str, code: ExitCode = ExitCode.FAILED) -> None:
@@ -223,8 +237,9 @@ def main(verbose: int) -> None:
 )
 @click.option(
     "--image",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Reference image file (PNG/JPEG).",
+    callback=lambda _ctx, _param, value: _image_option(value),
+    help="Reference image file (PNG/JPEG), or an uploaded file's id (file_..., "
+    "see `leanjoin files upload`), sent as image_ref.",
 )
 @click.option("--prompt", help="Initial prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
@@ -282,7 +297,7 @@ def main(verbose: int) -> None:
 def connect_command(
     url: str | None,
     model: str,
-    image: Path | None,
+    image: str | None,
     prompt: str | None,
     as_json: bool,
     seconds: float | None,
@@ -313,7 +328,7 @@ def connect_command(
         raise click.BadParameter(str(exc), param_hint="'URL'") from None
     fps = definition.fps if fps is None else fps
     try:
-        image_data = None if image is None else image_to_base64(image)
+        reference = image if image is None or file_ref(image) else image_to_base64(Path(image))
         camera: VideoSource = (
             FileSource(video, fps=fps)
             if video is not None
@@ -330,13 +345,13 @@ def connect_command(
         save_frames=save_frames,
         retry=RetryPolicy(max_retries=retries),
         timeouts=Timeouts(connect=timeout),
-        initial_state=image_data is not None or prompt is not None,
+        initial_state=reference is not None or prompt is not None,
         query_params=query_params,
         integration=integration,
     )
     try:
         code, reason = anyio.run(
-            runner.run, url, api_key, definition, image_data, prompt, camera, media
+            runner.run, url, api_key, definition, reference, prompt, camera, media
         )
     except KeyboardInterrupt:  # the user ended the session: judged like any other end
         code, reason = runner.outcome()
@@ -430,7 +445,7 @@ class _ConnectRun:
         url: str,
         api_key: str,
         model: ModelDefinition,
-        image_data: str | None,
+        reference: str | None,  # base64 image data, or an uploaded file id
         prompt: str | None,
         camera: VideoSource,
         media: MediaOptions,
@@ -456,7 +471,7 @@ class _ConnectRun:
                         url,
                         api_key=api_key,
                         model=model,
-                        image=image_data,
+                        image=reference,
                         prompt=prompt,
                         camera=camera,
                         media=media,

@@ -5,7 +5,8 @@ Every field of :class:`~leanjoin.engine.server.knobs.ServerKnobs` becomes one
 option (``capacity`` -> ``--capacity``), with the field's help text, so the
 command line and the Python API cannot drift apart. The log (stderr) has one
 line per session phase and never shows api keys, tokens or image data; stdout
-has the URL to connect to and, when none was given, the generated api key.
+has the URL to connect to, when none was given the generated api key, and
+last the HTTP API's base URL (files, watch-stream; ``--http-port``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import attrs
 import click
 
-from leanjoin.adapters.cli.workers import WORKER_KEY_ENV, knob_options, supervise
+from leanjoin.adapters.cli.workers import (
+    WORKER_KEY_ENV,
+    WORKER_LIVEKIT_SECRET_ENV,
+    knob_options,
+    supervise,
+)
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.server.knobs import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
 
@@ -129,15 +136,37 @@ def _watch_parent(stop: asyncio.Event) -> None:
     loop.add_reader(fd, readable)
 
 
+def http_port_for(port: int, http_port: int | None) -> int:
+    """The HTTP API's port: as given, else the stream port's next one (a free
+    port when the stream port is itself any free port, 0)."""
+    if http_port is not None:
+        return http_port
+    return port + 1 if 0 < port < 65535 else 0
+
+
 async def _run(
-    host: str, port: int, api_key: str | None, knobs: ServerKnobs, worker: int | None = None
+    host: str,
+    port: int,
+    api_key: str | None,
+    knobs: ServerKnobs,
+    worker: int | None = None,
+    *,
+    http_port: int = 0,
+    files_dir: Path | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with ReferenceServer(
-        host=host, port=port, api_key=api_key, knobs=knobs, reuse_port=worker is not None
+        host=host,
+        port=port,
+        api_key=api_key,
+        knobs=knobs,
+        reuse_port=worker is not None,
+        http_port=http_port,
+        files_dir=files_dir,
+        livekit_secret=os.environ.get(WORKER_LIVEKIT_SECRET_ENV) if worker is not None else None,
     ) as server:
         _tune_gc()
         losses: set[asyncio.Task[None]] = set()
@@ -160,6 +189,7 @@ async def _run(
             if api_key is None:
                 click.echo(f"api key (generated): {server.api_key}")
             click.echo(f"LiveKit double: {server.livekit.url}")
+            click.echo(f"HTTP API (files, watch-stream): {server.http_url}")
         try:
             await stop.wait()
         finally:
@@ -177,6 +207,20 @@ async def _run(
     show_default=True,
     help="port to listen on (0: any free port)",
 )
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="port of the HTTP API: files, watch-stream (0: any free port) "
+    "[default: --port + 1, or any free port when --port is 0]",
+)
+@click.option(
+    "--files-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where uploaded files are kept (shared by the workers) "
+    "[default: a temporary directory, removed at exit]",
+)
 @click.option("--api-key", default=None, help="the key clients must send (default: generated)")
 @click.option(
     "--workers",
@@ -191,6 +235,8 @@ async def _run(
 def serve(
     host: str,
     port: int,
+    http_port: int | None,
+    files_dir: Path | None,
     api_key: str | None,
     workers: int,
     worker_index: int | None,
@@ -229,11 +275,30 @@ def serve(
     if workers > 1:
         code = 1
         with contextlib.suppress(KeyboardInterrupt):
-            code = asyncio.run(supervise(host, port, api_key, knob_options(knobs), workers))
+            code = asyncio.run(
+                supervise(
+                    host,
+                    (port, http_port_for(port, http_port)),
+                    api_key,
+                    knob_options(knobs),
+                    workers,
+                    files_dir,
+                )
+            )
         click.echo("stopped", err=True)
         sys.exit(code)
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
-        asyncio.run(_run(host, port, api_key, knobs, worker_index))
+        asyncio.run(
+            _run(
+                host,
+                port,
+                api_key,
+                knobs,
+                worker_index,
+                http_port=http_port_for(port, http_port),
+                files_dir=files_dir,
+            )
+        )
     if worker_index is None:
         click.echo("stopped", err=True)
 

@@ -12,8 +12,13 @@ What is per worker (protocol §10.8): the admission queue (``--capacity``,
 server admits up to N x capacity), the connection count of
 ``--fault-connections``, the LiveKit double (each worker's on a port of its
 own, named in the ``livekit_room_info`` it sends) and the session numbers of
-the log, whose lines name their worker. Nothing is shared, so no join waits
-on another process.
+the log, whose lines name their worker. Nothing of a session is shared, so
+no join waits on another process. Shared: the HTTP API's port (also
+``SO_REUSEPORT``) and the directory of uploaded files (``--files-dir``, else a
+temporary one the parent removes at the end), so any worker finds any upload,
+and in it which worker's double holds each room, so any worker answers a
+viewer's ``/watch-stream`` (the doubles share one secret, handed over as the
+api key is).
 
 The parent prints where the server listens once every worker does, forwards
 SIGUSR1 (a room loss) to each, and on SIGINT or SIGTERM, or when a worker
@@ -34,6 +39,8 @@ import secrets
 import signal
 import socket
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -44,6 +51,9 @@ from leanjoin.engine.server.knobs import ServerKnobs
 
 WORKER_KEY_ENV: Final = "LEANJOIN_SERVE_WORKER_API_KEY"
 """How the parent hands its workers the api key (never on a command line)."""
+WORKER_LIVEKIT_SECRET_ENV: Final = "LEANJOIN_SERVE_WORKER_LIVEKIT_SECRET"
+"""The secret of every worker's LiveKit double: each mints viewers' tokens
+for the rooms of the others (``/watch-stream``)."""
 
 READY_TIMEOUT: Final = 60.0  # seconds a worker may take to start listening
 STOP_TIMEOUT: Final = 30.0  # seconds a worker gets to stop after SIGTERM
@@ -98,12 +108,38 @@ async def _stop(workers: list[asyncio.subprocess.Process]) -> list[int]:
 
 
 async def supervise(
-    host: str, port: int, api_key: str | None, options: list[str], count: int
+    host: str,
+    ports: tuple[int, int],
+    api_key: str | None,
+    options: list[str],
+    count: int,
+    files_dir: Path | None = None,
 ) -> int:
-    """Run ``count`` workers on one port until SIGINT or SIGTERM (or a worker's
-    death); ``options`` are the knob options each worker gets. The exit code."""
-    reservation = reserve_port(host, port)
-    port = int(reservation.getsockname()[1])
+    """Run ``count`` workers on one stream port and one HTTP API port until
+    SIGINT or SIGTERM (or a worker's death); ``options`` are the knob options
+    each worker gets; uploads go to ``files_dir`` (None: a temporary directory,
+    removed at the end). The exit code."""
+    with contextlib.ExitStack() as stack:
+        reservation = stack.enter_context(reserve_port(host, ports[0]))
+        http_reservation = stack.enter_context(reserve_port(host, ports[1]))
+        if files_dir is None:
+            files_dir = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="leanjoin-files-"))
+            )
+        port = int(reservation.getsockname()[1])
+        http_port = int(http_reservation.getsockname()[1])
+        return await _supervise(host, (port, http_port), api_key, options, count, files_dir)
+
+
+async def _supervise(
+    host: str,
+    ports: tuple[int, int],
+    api_key: str | None,
+    options: list[str],
+    count: int,
+    files_dir: Path,
+) -> int:
+    port, http_port = ports
     key = api_key if api_key is not None else secrets.token_urlsafe(24)
     command = [
         sys.executable,
@@ -113,9 +149,18 @@ async def supervise(
         host,
         "--port",
         str(port),
+        "--http-port",
+        str(http_port),
+        "--files-dir",
+        str(files_dir),
         *options,
     ]
-    env = {**os.environ, WORKER_KEY_ENV: key, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        WORKER_KEY_ENV: key,
+        WORKER_LIVEKIT_SECRET_ENV: secrets.token_urlsafe(32),
+        "PYTHONUNBUFFERED": "1",
+    }
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -157,6 +202,7 @@ async def supervise(
         click.echo(f"workers: {count} (pids {pids}) on port {port}, SO_REUSEPORT")
         for index, info in enumerate(ready, start=1):
             click.echo(f"LiveKit double of worker {index}: {info['livekit']}")
+        click.echo(f"HTTP API (files, watch-stream): http://{host}:{http_port}")
 
         def lose_rooms() -> None:
             for worker in workers:
@@ -179,7 +225,6 @@ async def supervise(
         loop.remove_signal_handler(signal.SIGUSR1)
         click.echo("shutting down", err=True)
         codes = await _stop(workers)
-        reservation.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     return 1 if failed or any(code != 0 for code in codes) else 0

@@ -23,8 +23,11 @@ import functools
 import itertools
 import logging
 import secrets
+import shutil
+import tempfile
 from collections import deque
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -46,11 +49,13 @@ from leanjoin.engine.server.events import (
     FailMedia,
     FrameIn,
     FrameOut,
+    LoadReference,
     Opened,
     PeerClosed,
     PhaseChanged,
     ProblemNoted,
     ReferenceDecoded,
+    ReferenceMissing,
     ReferenceUndecodable,
     ReleaseSlot,
     RequestNumber,
@@ -66,8 +71,11 @@ from leanjoin.engine.server.knobs import ServerKnobs
 from leanjoin.engine.server.session import ServerSession
 
 from .echo_model import Swatch, decode_reference, echo_transform, swatch
+from .file_store import FileStore
+from .http_api import HttpApi, make_app
 from .lkdouble import LiveKitDouble, RoomHandle
 from .reading import Prefetching, Uplink, UplinkConnection, receive
+from .shared_rooms import SharedRooms
 
 log = logging.getLogger("leanjoin.server")
 
@@ -193,18 +201,34 @@ class ReferenceServer:
         api_key: str | None = None,
         knobs: ServerKnobs = ServerKnobs(),  # noqa: B008 - frozen, so one shared default is safe
         reuse_port: bool = False,
+        http_port: int = 0,
+        files_dir: Path | None = None,
+        livekit_secret: str | None = None,
     ) -> None:
         """``reuse_port``: listen with ``SO_REUSEPORT`` (Linux), so that several
         processes serve one port, the kernel spreading the connections
-        (``leanjoin serve --workers``, protocol §10.8)."""
+        (``leanjoin serve --workers``, protocol §10.8); the HTTP API too.
+
+        ``http_port``: the HTTP API's (files, watch-stream; 0: a free port).
+        ``files_dir``: where uploads are kept (shared by the workers of one
+        serve run); None: a temporary directory of this server's, removed at close.
+        Given, the rooms are noted there too, so that a viewer's credentials come
+        from any worker (whose doubles share ``livekit_secret``; None: a new one)."""
         self._host = host
         self._port = port
         self._reuse_port = reuse_port
+        self._http_port = http_port
+        self._files_dir = files_dir
+        self._own_files_dir: Path | None = None
+        self._http: HttpApi | None = None
+        self._files: FileStore | None = None
+        self._shared_rooms: SharedRooms | None = None
         self.__api_key = api_key if api_key is not None else secrets.token_urlsafe(24)
         self.knobs = knobs
         self._livekit = LiveKitDouble(
             host=host,
             api_key="leanjoin-double",
+            api_secret=livekit_secret,
             media_setup_delay=knobs.media_setup_delay,
             join_answer_delay=knobs.join_answer_delay,
             publish_delay=knobs.publish_delay,
@@ -235,6 +259,21 @@ class ReferenceServer:
     def url(self) -> str:
         """The stream endpoint clients connect to (add ``?api_key=…&model=…``)."""
         return f"ws://{self._host}:{self._port}{STREAM_PATH}"
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP API's base URL (``http://host:port``): ``/v1/files``,
+        ``/watch-stream/{room}``. Known once the server is started."""
+        if self._http is None:
+            raise RuntimeError("the reference server is not started")
+        return self._http.url
+
+    @property
+    def files(self) -> FileStore:
+        """The uploaded files (once started)."""
+        if self._files is None:
+            raise RuntimeError("the reference server is not started")
+        return self._files
 
     @property
     def api_key(self) -> str:
@@ -275,8 +314,42 @@ class ReferenceServer:
             await self._livekit.aclose()
             raise
         self._port = int(self._server.sockets[0].getsockname()[1])
+        try:
+            await self._start_http()
+        except BaseException:
+            await self.aclose()
+            raise
         log.info("reference server listening on %s", self.url)
         return self
+
+    async def _start_http(self) -> None:
+        directory = self._files_dir
+        if directory is None:
+            directory = self._own_files_dir = Path(tempfile.mkdtemp(prefix="leanjoin-files-"))
+        else:  # a directory shared with other workers: note the rooms there too
+            self._shared_rooms = SharedRooms(directory / ".rooms")
+        self._files = FileStore(directory)
+        app = make_app(
+            api_key=self.__api_key,
+            files=self._files,
+            max_file_bytes=self.knobs.max_reference_bytes,
+            viewers=self._viewer_credentials,
+        )
+        self._http = HttpApi(app, self._host, self._http_port, reuse_port=self._reuse_port)
+        await self._http.start()
+
+    def _viewer_credentials(self, room_name: str) -> tuple[str, str] | None:
+        """A viewer's LiveKit URL and subscribe-only token, if a session has this
+        room (here, or in another worker's double)."""
+        if self._livekit.find_room(room_name) is not None:
+            livekit_url: str | None = self._livekit.url
+        elif self._shared_rooms is not None:
+            livekit_url = self._shared_rooms.find(room_name)
+        else:
+            livekit_url = None
+        if livekit_url is None:
+            return None
+        return livekit_url, self._livekit.mint_viewer_token(room=room_name)
 
     async def __aexit__(
         self,
@@ -299,6 +372,12 @@ class ReferenceServer:
                 await self._drained.wait()
         server.close()
         await server.wait_closed()
+        if self._http is not None:
+            await self._http.aclose()
+        if self._shared_rooms is not None:
+            await asyncio.to_thread(self._shared_rooms.close)
+        if self._own_files_dir is not None:
+            shutil.rmtree(self._own_files_dir, ignore_errors=True)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -468,6 +547,8 @@ class ReferenceServer:
         elif isinstance(output, DecodeReference):
             if not self._decoded_already(connection, output):
                 self._spawn(connection, self._decode(connection, output))
+        elif isinstance(output, LoadReference):
+            self._spawn(connection, self._load(connection, output))
         elif isinstance(output, ConfigureModel):
             self._configure(connection, output)
         elif isinstance(output, StopModel):
@@ -493,6 +574,8 @@ class ReferenceServer:
         room = connection.room = self._livekit.room(room_name)
         room.refuses_joins = self.knobs.refuse_media and connection.engine.faults
         room.listener = _RoomNews(functools.partial(self._feed, connection))
+        if self._shared_rooms is not None:
+            self._shared_rooms.note(room_name, self._livekit.url)
         return RoomReady(self._livekit.url, token, room_name, session_id)
 
     def _decoded_already(self, connection: _Connection, effect: DecodeReference) -> bool:
@@ -516,14 +599,31 @@ class ReferenceServer:
             kept = await prefetched.swatch_for(effect.data)
             if kept is not None and connection.prefetched is prefetched:
                 connection.prefetched = None  # used: let its bytes go
+        await self._keep(connection, effect.request, effect.data if kept is None else kept)
+
+    async def _load(self, connection: _Connection, effect: LoadReference) -> None:
+        """An ``image_ref``: the uploaded file's bytes, decoded as inline data is."""
+        data = await asyncio.to_thread(self.files.read, effect.file_id)
+        if data is None:
+            self._feed(connection, ReferenceMissing(effect.request, effect.file_id))
+        else:
+            await self._keep(connection, effect.request, data)
+
+    async def _keep(
+        self, connection: _Connection, request: RequestNumber, image: bytes | Swatch
+    ) -> None:
+        """Keep what the model uses of ``image`` (decoded here when bytes) and say so."""
         try:
-            if kept is None:
-                kept = await asyncio.to_thread(_reference_swatch, effect.data)
+            kept = (
+                await asyncio.to_thread(_reference_swatch, image)
+                if isinstance(image, bytes)
+                else image
+            )
         except ValueError as exc:
-            self._feed(connection, ReferenceUndecodable(effect.request, str(exc)))
+            self._feed(connection, ReferenceUndecodable(request, str(exc)))
             return
-        connection.references[effect.request] = kept
-        self._feed(connection, ReferenceDecoded(effect.request))
+        connection.references[request] = kept
+        self._feed(connection, ReferenceDecoded(request))
 
     def _configure(self, connection: _Connection, model: ConfigureModel) -> None:
         # Requests apply in order, so images of earlier requests are superseded;
@@ -561,6 +661,8 @@ class ReferenceServer:
         if room is not None:
             room.listener = None  # the closed engine hears nothing more of it
             self._livekit.release_room(room.name)
+            if self._shared_rooms is not None:
+                self._shared_rooms.forget(room.name)
             if room.participants:
                 self._in_background(room.disconnect_participants("session ended"))
 

@@ -54,6 +54,7 @@ from ..server.events import (
     DecodeReference,
     FrameIn,
     FrameOut,
+    LoadReference,
     Opened,
     PeerClosed,
     PhaseChanged,
@@ -345,7 +346,7 @@ class _Move:
             work.extend(world.admission.release(key, world.now))
         elif isinstance(output, CreateRoom):
             work.append((key, RoomReady("ws://lk.invalid", "token", f"room-{key}", f"sess-{key}")))
-        elif isinstance(output, DecodeReference):
+        elif isinstance(output, DecodeReference | LoadReference):
             work.append((key, ReferenceDecoded(output.request)))
         elif isinstance(output, PhaseChanged):
             label = _SERVER_LABELS.get(output.phase)

@@ -138,6 +138,15 @@ class ReferenceUndecodable:
     reason: str
 
 
+@attrs.frozen
+class ReferenceMissing:
+    """Answer to :class:`LoadReference`: no stored file has that id (never
+    uploaded, deleted or expired)."""
+
+    request: RequestNumber
+    file_id: str
+
+
 ServerInput: TypeAlias = (
     Opened
     | FrameIn
@@ -152,6 +161,7 @@ ServerInput: TypeAlias = (
     | ClientVideoArrived
     | ReferenceDecoded
     | ReferenceUndecodable
+    | ReferenceMissing
 )
 
 
@@ -198,6 +208,15 @@ class DecodeReference:
 
 
 @attrs.frozen
+class LoadReference:
+    """Load the uploaded file ``file_id`` (a ``set_image``'s ``image_ref``) and
+    decode it; answer ReferenceDecoded, ReferenceUndecodable or ReferenceMissing."""
+
+    request: RequestNumber
+    file_id: str
+
+
+@attrs.frozen
 class ConfigureModel:
     """Make the model produce output from this state (also on every change)."""
 
@@ -225,6 +244,7 @@ ServerEffect: TypeAlias = (
     | ReleaseSlot
     | CreateRoom
     | DecodeReference
+    | LoadReference
     | ConfigureModel
     | StopModel
     | FailMedia

@@ -3,13 +3,14 @@ then handled one at a time by :mod:`.server`.
 
 An image is refused here, before anything is decoded, when it is not bare
 base64 or is over the size limit; only the adapter can tell whether the bytes
-are a picture. Refusal texts name the problem and the limits, never content.
+are a picture, and whether an ``image_ref`` names a file it stores. Refusal texts name the problem and the limits, never content.
 """
 
 from __future__ import annotations
 
 import binascii
 import enum
+from typing import Final
 
 import attrs
 
@@ -17,10 +18,12 @@ from ..codec import decode_base64
 from ..messages import ABSENT, InitialStateBody, Prompt, PromptAck, SetImage, SetImageAck
 from .events import RequestNumber
 
+MAX_FILE_ID_CHARS: Final = 128
+
 
 class Stage(enum.Enum):
     WAITING = "waiting"
-    DECODING = "decoding"  # DecodeReference issued
+    DECODING = "decoding"  # DecodeReference or LoadReference issued
     PROCESSING = "processing"  # decoded; the processing time runs
 
 
@@ -32,6 +35,7 @@ class Request:
     message: SetImage | Prompt
     initial: bool
     data: bytes | None = attrs.field(default=None, repr=False)  # image bytes to decode
+    file_id: str | None = None  # an uploaded file to load and decode (image_ref)
     rejection: str | None = None  # set: answered with this error, nothing applied
     stage: Stage = Stage.WAITING
 
@@ -49,13 +53,14 @@ class Request:
         request = cls(id, message, initial)
         if not isinstance(message, SetImage) or request.no_state:
             return request
-        if message.image_ref is not ABSENT:
-            request.rejection = "image_ref is not supported by this server: send image_data"
+        if reject_images and (
+            message.image_ref is not ABSENT or isinstance(message.image_data, str)
+        ):
+            request.rejection = "reference image rejected (reject_reference fault)"
+        elif isinstance(message.image_ref, str):
+            request.file_id, request.rejection = file_id(message.image_ref)
         elif isinstance(message.image_data, str):
-            if reject_images:
-                request.rejection = "reference image rejected (reject_reference fault)"
-            else:
-                request.data, request.rejection = image_bytes(message.image_data, max_bytes)
+            request.data, request.rejection = image_bytes(message.image_data, max_bytes)
         return request
 
     @property
@@ -83,6 +88,16 @@ def image_bytes(text: str, limit: int) -> tuple[bytes | None, str | None]:
     if len(data) > limit:
         return None, f"reference image is {len(data)} bytes, over the limit of {limit} bytes"
     return data, None
+
+
+def file_id(ref: str) -> tuple[str | None, str | None]:
+    """The uploaded file an ``image_ref`` names, or why it is refused (an id
+    is short: a long one is quoted in no reply)."""
+    if not ref:
+        return None, "image_ref is empty: send an uploaded file's id (file_...)"
+    if len(ref) > MAX_FILE_ID_CHARS:
+        return None, f"image_ref is {len(ref)} characters, over the limit of {MAX_FILE_ID_CHARS}"
+    return ref, None
 
 
 def bundled_initial(body: InitialStateBody) -> SetImage | Prompt | None:

@@ -65,6 +65,7 @@ from .events import (
     FailMedia,
     FrameIn,
     FrameOut,
+    LoadReference,
     Opened,
     PeerClosed,
     PhaseChanged,
@@ -72,6 +73,7 @@ from .events import (
     QueueFull,
     QueueMoved,
     ReferenceDecoded,
+    ReferenceMissing,
     ReferenceUndecodable,
     ReleaseSlot,
     RequestNumber,
@@ -426,6 +428,10 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
                 head.stage = Stage.DECODING
                 self._emit(DecodeReference(head.id, data))
                 break
+            elif head.file_id is not None:
+                head.stage = Stage.DECODING
+                self._emit(LoadReference(head.id, head.file_id))
+                break
             else:
                 self._finish(None)
         self._maybe_start_generation()
@@ -450,7 +456,7 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         if isinstance(message, Prompt):
             self._prompt = message.prompt
         else:
-            if isinstance(message.image_data, str):
+            if isinstance(message.image_data, str) or message.image_ref is not ABSENT:
                 self._reference = request.id
             elif message.image_data is None:
                 self._reference = None  # an explicit null clears the reference
@@ -673,6 +679,14 @@ class ServerSession(SansIOEngine[ServerOutput, _Deadline]):
         self._finish(f"reference image is not a decodable image ({clip(failed.reason, 120)})")
         self._advance_work()
 
+    def _on_missing(self, missing: ReferenceMissing) -> None:
+        self._decoding(missing.request, "ReferenceMissing")
+        self._finish(
+            f"image_ref {clip(missing.file_id, 64)!r} names no stored file "
+            "(never uploaded, deleted or expired)"
+        )
+        self._advance_work()
+
 
 _HANDLERS: Final[dict[type, Callable[[ServerSession, Any], None]]] = {
     Opened: ServerSession._on_opened,
@@ -688,4 +702,5 @@ _HANDLERS: Final[dict[type, Callable[[ServerSession, Any], None]]] = {
     ClientVideoArrived: ServerSession._on_video,
     ReferenceDecoded: ServerSession._on_decoded,
     ReferenceUndecodable: ServerSession._on_undecodable,
+    ReferenceMissing: ServerSession._on_missing,
 }

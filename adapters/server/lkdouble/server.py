@@ -34,6 +34,7 @@ from .session import SignalSession
 
 log = logging.getLogger(__name__)
 
+VIEWER_IDENTITY_PREFIX = "viewer-"
 REFUSE_MEDIA_REASON = "media server unavailable: joins are refused (refuse_media fault)"
 
 
@@ -111,6 +112,14 @@ class LiveKitDouble:
     def mint_token(self, *, room: str, identity: str, ttl_seconds: int = 600) -> str:
         """A real join token (publish, subscribe, data) for this double."""
         return self.__minter.mint(room=room, identity=identity, ttl_seconds=ttl_seconds)
+
+    def mint_viewer_token(self, *, room: str, ttl_seconds: int = 600) -> str:
+        """A subscribe-only join token for a new viewer of ``room`` (identity
+        ``viewer-`` and a random suffix): no publishing, no data."""
+        identity = f"{VIEWER_IDENTITY_PREFIX}{secrets.token_hex(6)}"
+        return self.__minter.mint(
+            room=room, identity=identity, ttl_seconds=ttl_seconds, publish=False
+        )
 
     @property
     def rooms(self) -> tuple[RoomHandle, ...]:

@@ -68,9 +68,18 @@ class Minter:
     def __repr__(self) -> str:
         return f"Minter(api_key={self._api_key!r})"
 
-    def mint(self, *, room: str, identity: str, ttl_seconds: int, now: float | None = None) -> str:
+    def mint(
+        self,
+        *,
+        room: str,
+        identity: str,
+        ttl_seconds: int,
+        now: float | None = None,
+        can_publish: bool = True,
+    ) -> str:
         """A join token for ``identity`` in ``room``, valid for ``ttl_seconds``
-        from ``now`` (default: the wall clock; whole seconds, as livekit-api)."""
+        from ``now`` (default: the wall clock; whole seconds, as livekit-api).
+        ``can_publish=False``: a viewer's grant, subscribe only (no tracks, no data)."""
         if not identity or not room:
             raise ValueError("identity and room must be set when joining a room")
         issued = int(time.time() if now is None else now)
@@ -78,9 +87,9 @@ class Minter:
             "video": {
                 "roomJoin": True,
                 "room": room,
-                "canPublish": True,
+                "canPublish": can_publish,
                 "canSubscribe": True,
-                "canPublishData": True,
+                "canPublishData": can_publish,
             },
             "sub": identity,
             "iss": self._api_key,

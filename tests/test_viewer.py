@@ -1,0 +1,203 @@
+"""Viewer mode (issue #14): a second participant joins a running session's room
+with a subscribe-only token and receives the model's output video.
+
+A real session (``connect`` against the in-process ReferenceServer) runs the
+echo model, whose top band shows the prompt's colour; the viewer is joined with
+the real ``livekit.rtc.Room`` through ``watch_room`` (or ``leanjoin watch``).
+Every wait is bounded; no speed is asserted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from client_helpers import (
+    WAIT,
+    frame_with_band,
+    server_idle,
+    session_args,
+    until,
+)
+from livekit import rtc
+from livekit.rtc.participant import PublishTrackError
+
+from leanjoin.adapters import (
+    ConnectionState,
+    InvalidArgument,
+    LeanJoinError,
+    Session,
+    Viewer,
+    ViewerStateChanged,
+    WatchFailed,
+    connect,
+    watch_room,
+)
+from leanjoin.adapters.server.lkdouble import LiveKitDouble
+from leanjoin.adapters.server.reference import ReferenceServer
+from leanjoin.engine.server.knobs import ServerKnobs
+
+pytestmark = [pytest.mark.anyio, pytest.mark.livekit]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ReferenceServer]:
+    async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
+        yield running
+
+
+def viewer_token(server: ReferenceServer, session: Session) -> str:
+    assert session.room_name
+    return server.livekit.mint_viewer_token(room=session.room_name)
+
+
+async def test_viewer_receives_model_video(server: ReferenceServer) -> None:
+    events: list[ViewerStateChanged] = []
+    async with connect(server.url, prompt="a castle", **session_args(server)) as session:
+        own = await frame_with_band(session, "a castle")
+        token = viewer_token(server, session)
+        async with watch_room(server.livekit.url, token, on_event=events.append) as viewer:
+            assert viewer.state is ConnectionState.CONNECTED
+            assert viewer.room_name == session.room_name
+            seen = await frame_with_band(viewer, "a castle")
+            # The viewer follows the model's output, not a copy taken once.
+            await session.set_prompt("a stormy sea")
+            await frame_with_band(viewer, "a stormy sea")
+        room = session.room_name
+    assert seen.shape == own.shape == (240, 320, 3)
+    assert [e.state for e in events] == [
+        ConnectionState.CONNECTING,
+        ConnectionState.CONNECTED,
+        ConnectionState.DISCONNECTED,
+    ]
+    assert events[-1].reason == "client_initiated"
+    assert token not in repr(viewer)
+    await server_idle(server, room)
+
+
+async def test_viewer_token_cannot_publish() -> None:
+    async with LiveKitDouble() as lk:
+        handle = lk.room("watched")
+        token = lk.mint_viewer_token(room="watched")
+        room = rtc.Room()
+        try:
+            with anyio.fail_after(WAIT):
+                await room.connect(lk.url, token)
+            assert room.local_participant.identity.startswith("viewer-")
+            assert not room.local_participant.permissions.can_publish
+            source = rtc.VideoSource(64, 48)
+            track = rtc.LocalVideoTrack.create_video_track("camera", source)
+            options = rtc.TrackPublishOptions(
+                source=rtc.TrackSource.SOURCE_CAMERA, video_codec=rtc.VideoCodec.VP8
+            )
+            # The double answers NOT_ALLOWED and never track_published; this client
+            # then gives up on its own publication deadline (10 s).
+            with anyio.fail_after(30), pytest.raises(PublishTrackError):
+                await room.local_participant.publish_track(track, options)
+            assert handle.participants == 1 and handle.viewers == 1
+            assert handle.client_video_frames == 0
+            with anyio.move_on_after(0.2):
+                await handle.wait_client_publishing()
+            assert not room.local_participant.track_publications
+        finally:
+            await room.disconnect()
+        with pytest.raises(ValueError, match="viewer-"):
+            lk.mint_viewer_token(room="watched", identity="client-1")
+
+
+async def test_viewer_is_told_when_the_session_ends(server: ReferenceServer) -> None:
+    events: list[ViewerStateChanged] = []
+    joined = anyio.Event()
+    watched: list[Viewer] = []
+
+    async def watch(token: str) -> None:
+        async with watch_room(server.livekit.url, token, on_event=events.append) as viewer:
+            watched.append(viewer)
+            await frame_with_band(viewer, "a castle")
+            joined.set()
+            with anyio.fail_after(WAIT):
+                async for _ in viewer.frames():  # ends once the room is gone
+                    pass
+                await viewer.wait_closed()
+
+    async with (
+        anyio.create_task_group() as tg,
+        connect(server.url, prompt="a castle", **session_args(server)) as session,
+    ):
+        tg.start_soon(watch, viewer_token(server, session))
+        with anyio.fail_after(WAIT):
+            await joined.wait()
+        room = session.room_name
+    (viewer,) = watched
+    assert viewer.disconnect_reason == "room_deleted"
+    assert events[-1] == ViewerStateChanged(
+        ConnectionState.DISCONNECTED, ConnectionState.CONNECTED, "room_deleted"
+    )
+    assert viewer.disconnected_cleanly
+    await server_idle(server, room)
+
+
+async def test_leaving_the_watch_disconnects_the_viewer(server: ReferenceServer) -> None:
+    async with connect(server.url, prompt="a castle", **session_args(server)) as session:
+        assert session.room_name
+        handle = server.livekit.find_room(session.room_name)
+        assert handle is not None
+        token = viewer_token(server, session)
+        async with watch_room(server.livekit.url, token) as viewer:
+            await frame_with_band(viewer, "a castle")
+            assert handle.viewers == 1 and handle.participants == 2
+        assert viewer.disconnected_cleanly and viewer.state is ConnectionState.DISCONNECTED
+        await until(lambda: handle.participants == 1 and handle.viewers == 0)
+        # Cancelled from outside while watching: the room is left all the same.
+        with anyio.CancelScope() as scope:
+            async with watch_room(server.livekit.url, token) as viewer:
+                await until(lambda: handle.viewers == 1)
+                scope.cancel()
+                await anyio.sleep_forever()
+        await until(lambda: handle.participants == 1 and handle.viewers == 0)
+        await frame_with_band(session, "a castle")  # the session itself goes on
+        room = session.room_name
+    await server_idle(server, room)
+
+
+async def test_a_watch_cancelled_while_joining_leaves_the_room() -> None:
+    # The double counts the viewer, then holds its join answer: the client's
+    # connect is under way when the watch is cancelled.
+    async with LiveKitDouble(join_answer_delay=1.0) as lk:
+        handle = lk.room("watched")
+        token = lk.mint_viewer_token(room="watched")
+        with anyio.CancelScope() as scope:
+
+            async def cancel_once_joining() -> None:
+                await until(lambda: handle.participants == 1)
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_once_joining)
+                async with watch_room(lk.url, token):
+                    await anyio.sleep_forever()
+        await until(lambda: handle.participants == 0)
+
+
+async def test_a_refused_viewer_token_fails_without_showing_it() -> None:
+    async with LiveKitDouble() as lk, LiveKitDouble() as other:
+        lk.room("watched")
+        foreign = other.mint_viewer_token(room="watched")
+        with anyio.fail_after(WAIT), pytest.raises(WatchFailed) as failed:
+            async with watch_room(lk.url, foreign):
+                raise AssertionError("joined with a token of another server")
+        assert isinstance(failed.value, LeanJoinError)
+        assert "signature" in str(failed.value)
+        assert foreign not in str(failed.value)
+        with pytest.raises(InvalidArgument, match="token"):
+            async with watch_room(lk.url, " "):
+                pass
+        with pytest.raises(InvalidArgument, match="livekit_url"):
+            async with watch_room("localhost:7880", foreign):
+                pass

@@ -9,11 +9,15 @@ Every wait is bounded; no speed is asserted.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
 from client_helpers import (
+    BAND_TOLERANCE,
+    LEANJOIN,
     WAIT,
     frame_with_band,
     server_idle,
@@ -33,6 +37,12 @@ from leanjoin.adapters import (
     WatchFailed,
     connect,
     watch_room,
+)
+from leanjoin.adapters.server.echo_model import (
+    colours_close,
+    decode_reference,
+    output_bands,
+    prompt_colour,
 )
 from leanjoin.adapters.server.lkdouble import LiveKitDouble
 from leanjoin.adapters.server.reference import ReferenceServer
@@ -201,3 +211,63 @@ async def test_a_refused_viewer_token_fails_without_showing_it() -> None:
         with pytest.raises(InvalidArgument, match="livekit_url"):
             async with watch_room("localhost:7880", foreign):
                 pass
+
+
+# ---- leanjoin watch ----------------------------------------------------------------
+
+
+async def leanjoin_watch(*args: str, token: str | None) -> tuple[int, str, str]:
+    env = dict(os.environ)
+    env.pop("LEANJOIN_LIVEKIT_TOKEN", None)
+    if token is not None:
+        env["LEANJOIN_LIVEKIT_TOKEN"] = token
+    with anyio.fail_after(60):
+        done = await anyio.run_process([str(LEANJOIN), "watch", *args], env=env, check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_cli_watch_reports_a_served_sessions_video(
+    server: ReferenceServer, tmp_path: Path
+) -> None:
+    png = tmp_path / "last.png"
+    async with connect(server.url, prompt="a castle", **session_args(server)) as session:
+        await frame_with_band(session, "a castle")
+        token = viewer_token(server, session)
+        code, out, err = await leanjoin_watch(
+            "--livekit-url",
+            server.livekit.url,
+            "--seconds",
+            "3",
+            "--save-frame",
+            str(png),
+            token=token,
+        )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[:2] == ["state: connecting", "state: connected"]
+    assert f"watching room {session.room_name}" in lines
+    assert any(line.startswith("frames: ") for line in lines)
+    assert f"watched {session.room_name}: " in out
+    assert token not in out + err
+    saved = decode_reference(png.read_bytes())
+    assert colours_close(output_bands(saved)[0], prompt_colour("a castle"), BAND_TOLERANCE)
+
+
+async def test_cli_watch_without_video_fails_in_one_line() -> None:
+    async with LiveKitDouble() as lk:
+        lk.room("quiet")  # held, with nobody publishing
+        token = lk.mint_viewer_token(room="quiet")
+        code, out, err = await leanjoin_watch(
+            "--livekit-url", lk.url, "--seconds", "1", token=token
+        )
+        assert code == 1
+        assert err.strip().splitlines() == ["leanjoin: no video from quiet: none arrived"]
+        foreign = LiveKitDouble().mint_viewer_token(room="quiet")
+        code, out, err = await leanjoin_watch("--livekit-url", lk.url, token=foreign)
+        assert code == 1
+        assert err.strip().startswith("leanjoin: watch failed: could not join the room")
+        assert len(err.strip().splitlines()) == 1 and foreign not in out + err
+        code, _, err = await leanjoin_watch("--livekit-url", lk.url, token=None)
+        assert code == 2 and "LEANJOIN_LIVEKIT_TOKEN" in err
+        code, _, err = await leanjoin_watch("--livekit-url", "localhost:1", token=token)
+        assert code == 2 and "livekit_url" in err and token not in err

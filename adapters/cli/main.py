@@ -1,4 +1,4 @@
-"""The ``leanjoin`` command line: ``connect``, ``demo``, ``serve``, ``check``, ``diagrams``.
+"""The ``leanjoin`` command line: ``connect``, ``watch``, ``demo``, ``serve``, ``check``, ``diagrams``.
 
 ``connect`` needs only the client. ``serve`` and ``demo`` need the server stack
 (``pip install 'leanjoin[server]'``); without it they fail with one line saying
@@ -70,6 +70,7 @@ LAZY_COMMANDS: Final[Mapping[str, str]] = {
     "check": "leanjoin.adapters.cli.check:check",
     "diagrams": "leanjoin.adapters.cli.diagrams:diagrams",
     "serve": "leanjoin.adapters.cli.serve:serve",
+    "watch": "leanjoin.adapters.cli.watch:watch",
 }
 # Subcommands that import the server stack (the `server` extra).
 SERVER_COMMANDS: Final = frozenset({"serve", "demo"})

@@ -91,6 +91,23 @@ async def test_viewer_receives_model_video(server: ReferenceServer) -> None:
     await server_idle(server, room)
 
 
+async def test_every_viewer_receives_model_video(server: ReferenceServer) -> None:
+    async with connect(server.url, prompt="a castle", **session_args(server)) as session:
+        assert session.room_name
+        handle = server.livekit.find_room(session.room_name)
+        assert handle is not None
+        async with (
+            watch_room(server.livekit.url, viewer_token(server, session)) as first,
+            watch_room(server.livekit.url, viewer_token(server, session)) as second,
+        ):
+            assert handle.viewers == 2 and handle.participants == 3
+            await frame_with_band(first, "a castle")
+            await frame_with_band(second, "a castle")
+            await frame_with_band(session, "a castle")  # its own output goes on
+        room = session.room_name
+    await server_idle(server, room)
+
+
 async def test_viewer_token_cannot_publish() -> None:
     async with LiveKitDouble() as lk:
         handle = lk.room("watched")

@@ -233,13 +233,19 @@ async def test_a_refused_viewer_token_fails_without_showing_it() -> None:
 # ---- leanjoin watch ----------------------------------------------------------------
 
 
-async def leanjoin_watch(*args: str, token: str | None) -> tuple[int, str, str]:
+def watch_env(token: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("LEANJOIN_LIVEKIT_TOKEN", None)
     if token is not None:
         env["LEANJOIN_LIVEKIT_TOKEN"] = token
+    return env
+
+
+async def leanjoin_watch(*args: str, token: str | None) -> tuple[int, str, str]:
     with anyio.fail_after(60):
-        done = await anyio.run_process([str(LEANJOIN), "watch", *args], env=env, check=False)
+        done = await anyio.run_process(
+            [str(LEANJOIN), "watch", *args], env=watch_env(token), check=False
+        )
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 
 
@@ -288,3 +294,28 @@ async def test_cli_watch_without_video_fails_in_one_line() -> None:
         assert code == 2 and "LEANJOIN_LIVEKIT_TOKEN" in err
         code, _, err = await leanjoin_watch("--livekit-url", "localhost:1", token=token)
         assert code == 2 and "livekit_url" in err and token not in err
+
+
+async def test_cli_watch_leaves_politely_on_sigterm(server: ReferenceServer) -> None:
+    async with connect(server.url, prompt="a castle", **session_args(server)) as session:
+        assert session.room_name
+        handle = server.livekit.find_room(session.room_name)
+        assert handle is not None
+        command = [str(LEANJOIN), "watch", "--livekit-url", server.livekit.url]
+        async with await anyio.open_process(
+            command, env=watch_env(viewer_token(server, session))
+        ) as process:
+            assert process.stdout is not None
+            lines: list[str] = []
+            with anyio.fail_after(30):
+                async for chunk in process.stdout:
+                    lines += chunk.decode().splitlines()
+                    if any(line.startswith("frames: ") for line in lines):
+                        break
+                process.terminate()  # SIGTERM
+                async for chunk in process.stdout:
+                    lines += chunk.decode().splitlines()
+                code = await process.wait()
+        assert code == 0, lines
+        assert "state: disconnected (client_initiated)" in lines
+        await until(lambda: handle.viewers == 0)

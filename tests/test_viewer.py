@@ -284,7 +284,16 @@ async def test_cli_watch_without_video_fails_in_one_line() -> None:
             "--livekit-url", lk.url, "--seconds", "1", token=token
         )
         assert code == 1
-        assert err.strip().splitlines() == ["leanjoin: no video from quiet: none arrived"]
+        assert err.strip().splitlines() == [
+            "leanjoin: no video from quiet: none arrived within 1 s"
+        ]
+        code, out, err = await leanjoin_watch(
+            "--livekit-url", lk.url, "--video-timeout", "1.5", token=token
+        )
+        assert code == 1
+        assert err.strip().splitlines() == [
+            "leanjoin: no video from quiet: none arrived within 1.5 s"
+        ]
         foreign = LiveKitDouble().mint_viewer_token(room="quiet")
         code, out, err = await leanjoin_watch("--livekit-url", lk.url, token=foreign)
         assert code == 1

@@ -87,12 +87,23 @@ EXIT_STATUS: Final = (
     help="Leave after this long (default: until the session ends or Ctrl-C).",
 )
 @click.option(
+    "--video-timeout",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Give up when no video has arrived this long after joining.",
+)
+@click.option(
     "--save-frame",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the last frame received to this PNG file.",
 )
 def watch(
-    livekit_url: str | None, token: str | None, seconds: float | None, save_frame: Path | None
+    livekit_url: str | None,
+    token: str | None,
+    seconds: float | None,
+    video_timeout: float,
+    save_frame: Path | None,
 ) -> None:
     """Watch a running session's model output as a viewer (publishes nothing)."""
     target = _target(livekit_url, token)
@@ -101,7 +112,7 @@ def watch(
         # native client's own ERROR lines about each signal path it tried.
         logging.getLogger("livekit").setLevel(logging.CRITICAL)
     try:
-        watched = anyio.run(_watch, target, seconds)
+        watched = anyio.run(_watch, target, seconds, video_timeout)
     except InvalidArgument as exc:
         _fail(str(exc), ExitCode.USAGE)
         return
@@ -119,11 +130,14 @@ def watch(
     if watched.last_frame is not None and save_frame is not None:
         click.echo(f"last frame: {write_png(save_frame, watched.last_frame)}")
     if watched.frames == 0:
-        why = f"the room went away ({watched.reason})" if watched.reason else "none arrived"
+        waited = video_timeout if seconds is None else min(seconds, video_timeout)
+        why = f"none arrived within {waited:g} s"
+        if watched.reason and watched.reason != "client_initiated":
+            why = f"the room went away ({watched.reason})"
         _fail(f"no video from {room}: {why}")
 
 
-async def _watch(target: WatchTarget, seconds: float | None) -> Watched:
+async def _watch(target: WatchTarget, seconds: float | None, video_timeout: float) -> Watched:
     watched = Watched(room_name=target.room_name)
     stop = anyio.Event()
 
@@ -147,6 +161,7 @@ async def _watch(target: WatchTarget, seconds: float | None) -> Watched:
                 async with anyio.create_task_group() as inner:
                     inner.start_soon(_keep_last, viewer, watched)
                     inner.start_soon(_report_rate, viewer)
+                    inner.start_soon(_give_up_if_dark, viewer, video_timeout, stop)
                     with anyio.move_on_after(math.inf if seconds is None else seconds):
                         await _first(stop.wait, viewer.wait_closed)
                     inner.cancel_scope.cancel()
@@ -165,6 +180,13 @@ async def _watch(target: WatchTarget, seconds: float | None) -> Watched:
 async def _keep_last(viewer: Viewer, watched: Watched) -> None:
     async for frame in viewer.frames():
         watched.last_frame = frame
+
+
+async def _give_up_if_dark(viewer: Viewer, timeout: float, stop: anyio.Event) -> None:
+    # A room with no session in it stays joined and dark: do not wait forever.
+    await anyio.sleep(timeout)
+    if viewer.frame_count == 0:
+        stop.set()
 
 
 async def _report_rate(viewer: Viewer) -> None:

@@ -21,6 +21,7 @@ from leanjoin.adapters.client.errors import (
     RequestTimedOut,
     SessionClosed,
     UnsupportedImageSource,
+    WatchFailed,
 )
 from leanjoin.adapters.client.models import (
     ModelDefinition,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
         TestPattern,
         VideoSource,
     )
+    from leanjoin.adapters.client.viewer import Viewer, ViewerStateChanged, watch_room
     from leanjoin.adapters.client.ws_transport import SocketOptions
 
 # Where each name of the anyio client lives (the imports above, at run time).
@@ -91,6 +93,9 @@ _LAZY: Final = {
     "TestPattern": "video_sources",
     "VideoSource": "video_sources",
     "SocketOptions": "ws_transport",
+    "Viewer": "viewer",
+    "ViewerStateChanged": "viewer",
+    "watch_room": "viewer",
 }
 
 
@@ -152,11 +157,15 @@ __all__ = [
     "UnsupportedImageSource",
     "UsageError",
     "VideoSource",
+    "Viewer",
+    "ViewerStateChanged",
     "WatchCredentials",
+    "WatchFailed",
     "check_connectivity",
     "connect",
     "image_to_base64",
     "is_realtime_model",
     "list_models",
     "watch_credentials",
+    "watch_room",
 ]

@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import attrs
@@ -18,7 +18,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection, serve
 
-from leanjoin.adapters import Session
+from leanjoin.adapters import Frame, RetryPolicy, TestPattern, Timeouts
 from leanjoin.adapters.server.echo_model import colours_close, output_bands, prompt_colour
 from leanjoin.adapters.server.lkdouble import LiveKitDouble, RoomHandle
 from leanjoin.adapters.server.reference import ReferenceServer
@@ -160,10 +160,28 @@ async def server_idle(server: ReferenceServer, *rooms: str | None) -> None:
     await until(lambda: not server.livekit.rooms)
 
 
+def session_args(server: ReferenceServer, events: list[Any] | None = None) -> dict[str, Any]:
+    """``connect`` arguments for an echo session with the server, every wait bounded."""
+    return {
+        "api_key": server.api_key,
+        "model": "echo",
+        "camera": TestPattern(320, 240, fps=15),
+        "timeouts": Timeouts(socket_open=5, room_info=5, media=15),
+        "retry": RetryPolicy(max_retries=3, initial_delay=0.05, max_delay=0.2),
+        "on_event": None if events is None else events.append,
+    }
+
+
 BAND_TOLERANCE = 16  # tighter than the demo's 24: the tests' frames are steady
 
 
-async def frame_with_band(session: Session, prompt: str) -> np.ndarray[Any, Any]:
+class ShowsFrames(Protocol):
+    """A session, or a viewer of one: whatever yields the model's output frames."""
+
+    def frames(self) -> AsyncIterator[Frame]: ...
+
+
+async def frame_with_band(session: ShowsFrames, prompt: str) -> np.ndarray[Any, Any]:
     """The first output frame whose top band shows ``prompt``'s colour."""
     colour = prompt_colour(prompt)
     with anyio.fail_after(WAIT):

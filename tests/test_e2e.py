@@ -28,6 +28,7 @@ from client_helpers import (
     rooms_of,
     served,
     server_idle,
+    session_args,
     until,
 )
 
@@ -44,7 +45,6 @@ from leanjoin.adapters import (
     Session,
     SessionStarted,
     StateChanged,
-    TestPattern,
     Timeouts,
     connect,
 )
@@ -73,17 +73,6 @@ def anyio_backend() -> str:
 async def server() -> AsyncIterator[ReferenceServer]:
     async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
         yield running
-
-
-def session_args(server: ReferenceServer, events: list[Event] | None = None) -> dict[str, Any]:
-    return {
-        "api_key": server.api_key,
-        "model": "echo",
-        "camera": TestPattern(320, 240, fps=15),
-        "timeouts": Timeouts(socket_open=5, room_info=5, media=15),
-        "retry": RetryPolicy(max_retries=3, initial_delay=0.05, max_delay=0.2),
-        "on_event": None if events is None else events.append,
-    }
 
 
 async def output_frame(session: Session, check: Callable[[np.ndarray[Any, Any]], bool]) -> None:

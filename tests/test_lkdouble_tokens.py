@@ -52,7 +52,7 @@ def test_a_viewer_token_is_livekit_apis_subscribe_only_token() -> None:
     minter = tokens.Minter(KEY, SECRET)
     for _ in range(5):  # all inside one second of the wall clock (nbf, exp)
         before = int(time.time())
-        ours = minter.mint(room="r", identity="viewer-1", ttl_seconds=600, publish=False)
+        ours = minter.mint(room="r", identity="viewer-1", ttl_seconds=600, can_publish=False)
         theirs = _access_token("r", "viewer-1", 600, publish=False)
         if int(time.time()) == before:
             break

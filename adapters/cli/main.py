@@ -1,4 +1,4 @@
-"""The ``leanjoin`` command line: ``connect``, ``demo``, ``serve``, ``files``, ``check``, ``diagrams``.
+"""The ``leanjoin`` command line: ``connect``, ``watch``, ``files``, ``preflight``, ``demo``, ``serve``, ``check``, ``diagrams``.
 
 ``connect`` needs only the client. ``serve`` and ``demo`` need the server stack
 (``pip install 'leanjoin[server]'``); without it they fail with one line saying
@@ -72,6 +72,7 @@ LAZY_COMMANDS: Final[Mapping[str, str]] = {
     "preflight": "leanjoin.adapters.cli.preflight:preflight",
     "files": "leanjoin.adapters.cli.files:files",
     "serve": "leanjoin.adapters.cli.serve:serve",
+    "watch": "leanjoin.adapters.cli.watch:watch",
 }
 # Subcommands that import the server stack (the `server` extra).
 SERVER_COMMANDS: Final = frozenset({"serve", "demo"})

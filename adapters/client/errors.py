@@ -25,6 +25,7 @@ __all__ = [
     "SessionClosed",
     "UnsupportedImageSource",
     "UsageError",
+    "WatchFailed",
 ]
 
 
@@ -67,3 +68,8 @@ class ImageError(InvalidArgument):
 
 class UnsupportedImageSource(ImageError):
     """A URL scheme that the client refuses to fetch (http, https, file, ...)."""
+
+
+class WatchFailed(LeanJoinError):
+    """A viewer could not join the room (refused, unreachable, timed out). The
+    message is the LiveKit client's reason with the token masked."""

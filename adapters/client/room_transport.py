@@ -127,7 +127,46 @@ def _to_array(frame: rtc.VideoFrame) -> Frame:
     return out
 
 
-def _reason_name(reason: Any) -> str:
+def scrub_token(text: str, token: str) -> str:
+    """``text`` with ``token`` masked (the native client may quote what it was given)."""
+    return text.replace(token, "<redacted>") if token else text
+
+
+async def connect_shielded(
+    room: rtc.Room, url: str, token: str, timeout: float, who: str
+) -> str | None:
+    """Connect ``room`` (auto-subscribing); None once connected, else why not (the
+    token masked). Shielded, see the module docstring: only ``timeout`` ends it
+    early, and the caller must ``room.disconnect()`` whatever this returns."""
+    with anyio.CancelScope(shield=True):
+        try:
+            with anyio.fail_after(timeout):
+                await room.connect(url, token, rtc.RoomOptions(auto_subscribe=True))
+        except TimeoutError:
+            failure = f"room connect took longer than {timeout:g} s"
+            log.warning("%s: %s; the native connection may linger", who, failure)
+            return failure
+        except rtc.ConnectError as exc:
+            return scrub_token(exc.message, token)
+        except Exception as exc:
+            return scrub_token(f"{type(exc).__name__}: {exc}", token)
+    return None
+
+
+async def read_video(
+    track: rtc.RemoteVideoTrack, on_frame: Callable[[Frame], None], *, capacity: int
+) -> None:
+    """Decode ``track`` as RGB arrays into ``on_frame`` until it ends or is cancelled."""
+    stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGB24, capacity=capacity)
+    try:
+        async for event in stream:
+            on_frame(_to_array(event.frame))
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+            await stream.aclose()
+
+
+def reason_name(reason: Any) -> str:
     try:
         return str(rtc.DisconnectReason.Name(reason)).lower()
     except (ValueError, TypeError):
@@ -217,22 +256,9 @@ class RoomAttempt:
             self._done.set()
 
     async def _connect(self, room: rtc.Room) -> bool:
-        options = self._options
-        failure: str | None = None
-        # Shielded: see the module docstring. Only the timeout can interrupt it.
-        with anyio.CancelScope(shield=True):
-            try:
-                with anyio.fail_after(options.connect_timeout):
-                    await room.connect(self._url, self._token, rtc.RoomOptions(auto_subscribe=True))
-            except TimeoutError:
-                failure = f"room connect took longer than {options.connect_timeout:g} s"
-                log.warning(
-                    "attempt %d: %s; the native connection may linger", self.attempt, failure
-                )
-            except rtc.ConnectError as exc:
-                failure = self._scrub(exc.message)
-            except Exception as exc:
-                failure = self._scrub(f"{type(exc).__name__}: {exc}")
+        failure = await connect_shielded(
+            room, self._url, self._token, self._options.connect_timeout, f"attempt {self.attempt}"
+        )
         if self._abandoned or self._lost.is_set():
             return False  # nobody waits for this room: leave it (in `run`'s cleanup)
         if failure is not None:
@@ -271,15 +297,11 @@ class RoomAttempt:
         return sink
 
     async def _read_video(self, track: rtc.RemoteVideoTrack) -> None:
-        stream = rtc.VideoStream(
-            track, format=rtc.VideoBufferType.RGB24, capacity=self._options.output_buffer
+        await read_video(
+            track,
+            lambda frame: self._on_frame(self.attempt, frame),
+            capacity=self._options.output_buffer,
         )
-        try:
-            async for event in stream:
-                self._on_frame(self.attempt, _to_array(event.frame))
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-                await stream.aclose()
 
     async def _leave(self, room: rtc.Room, sink: rtc.VideoSource | None) -> None:
         self._leaving = True
@@ -313,7 +335,7 @@ class RoomAttempt:
     def _on_disconnected(self, reason: Any) -> None:
         if self._leaving:
             return  # our own leave, not a loss
-        self._report_terminal(RoomDisconnected(self.attempt, _reason_name(reason)))
+        self._report_terminal(RoomDisconnected(self.attempt, reason_name(reason)))
         self._lost.set()
         self._scope.cancel()  # nothing left to do in a lost room but leave it
 
@@ -329,4 +351,4 @@ class RoomAttempt:
             self._trace(self.attempt, milestone)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "<redacted>") if self._token else text
+        return scrub_token(text, self._token)

@@ -39,6 +39,7 @@ import attrs
 from transitions import EventData
 
 from ..codec import FrameProblem, IgnoredFrame, encode, parse_server_frame
+from ..errors import InvalidArgument
 from ..messages import (
     ABSENT,
     Error,
@@ -188,6 +189,28 @@ def subscribe_token(room_name: str) -> str:
     return base64.b64encode(
         json.dumps({"room_name": room_name}, separators=(",", ":")).encode()
     ).decode()
+
+
+def room_of_subscribe_token(token: str) -> str:
+    """The room a subscribe token names (what :func:`subscribe_token` wrote).
+
+    Standard or URL-safe base64 (the Python SDK writes the latter), padding
+    optional. Refusals are :class:`InvalidArgument` and never quote the token.
+    """
+    text = token.strip() if isinstance(token, str) else ""
+    if not text:
+        raise InvalidArgument("subscribe token is empty")
+    standard = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
+    try:
+        payload = json.loads(base64.b64decode(standard, validate=True))
+    except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InvalidArgument(
+            'subscribe token is not base64 of a JSON object {"room_name": ...}'
+        ) from None
+    room = payload.get("room_name") if isinstance(payload, dict) else None
+    if not isinstance(room, str) or not room:
+        raise InvalidArgument("subscribe token names no room (room_name missing or empty)")
+    return room
 
 
 @attrs.frozen

@@ -1,4 +1,9 @@
-"""Rooms of the LiveKit double: the model participant, the frame transform, members."""
+"""Rooms of the LiveKit double: the model participant, the frame transform, members.
+
+A member that may publish gets the model's output of its own camera; a viewer
+(a subscribe-only grant) gets every output frame of the room, whoever's camera
+it came from (:meth:`RoomHandle.add_viewer`).
+"""
 
 from __future__ import annotations
 
@@ -42,6 +47,12 @@ class Member(Protocol):
     async def wait_closed(self) -> None: ...
 
 
+class ViewerSink(Protocol):
+    """Where a viewer's copy of the model output goes (its subscriber track)."""
+
+    def push(self, rgb: Frame) -> None: ...
+
+
 class RoomListener(Protocol):
     """Told, synchronously, of a room's first client publication and first decoded
     client frame: synchronously, so a model configured on the first frame's news
@@ -67,6 +78,7 @@ class RoomHandle:
         self._first_frame = asyncio.Event()
         self._publishing = asyncio.Event()
         self._members: set[Member] = set()
+        self._viewers: set[ViewerSink] = set()
         # The refuse_media fault for this room only: the double answers its joins with 503.
         self.refuses_joins = False
         self.listener: RoomListener | None = None
@@ -93,7 +105,13 @@ class RoomHandle:
 
     @property
     def participants(self) -> int:
+        """Clients in the room (joined or joining), viewers included."""
         return len(self._members)
+
+    @property
+    def viewers(self) -> int:
+        """Subscribe-only members receiving the room's model output."""
+        return len(self._viewers)
 
     async def disconnect_participants(self, reason: str = "fault") -> None:
         """Server-initiated leave and close of every client, as when a room is lost."""
@@ -116,7 +134,8 @@ class RoomHandle:
     # Called by the signal sessions, not part of the public API.
 
     def on_client_frame(self, frame: Frame) -> Frame | None:
-        """Count a decoded client frame and return the model's output for it."""
+        """Count a decoded client frame and return the model's output for it (the
+        viewers get their copy here; the publishing member's own track, from the caller)."""
         self._frames += 1
         if not self._first_frame.is_set():
             self._first_frame.set()
@@ -129,6 +148,9 @@ class RoomHandle:
         if out is not None and (out.shape != frame.shape or out.dtype != np.uint8):
             log.warning("room %r: transform output is not HxWx3 uint8; frame dropped", self.name)
             return None
+        if out is not None:
+            for viewer in self._viewers:
+                viewer.push(out)
         return out
 
     def on_client_publishing(self) -> None:
@@ -143,6 +165,12 @@ class RoomHandle:
 
     def detach(self, member: Member) -> None:
         self._members.discard(member)
+
+    def add_viewer(self, sink: ViewerSink) -> None:
+        self._viewers.add(sink)
+
+    def remove_viewer(self, sink: ViewerSink) -> None:
+        self._viewers.discard(sink)
 
     def model_participant(self) -> models.ParticipantInfo:
         """The model participant with its one video track, as announced on join."""

@@ -34,7 +34,7 @@ from .session import SignalSession
 
 log = logging.getLogger(__name__)
 
-VIEWER_IDENTITY_PREFIX = "viewer-"
+VIEWER_PREFIX = "viewer-"
 REFUSE_MEDIA_REASON = "media server unavailable: joins are refused (refuse_media fault)"
 
 
@@ -109,16 +109,27 @@ class LiveKitDouble:
     def url(self) -> str:
         return f"ws://{self._host}:{self._port}"
 
-    def mint_token(self, *, room: str, identity: str, ttl_seconds: int = 600) -> str:
-        """A real join token (publish, subscribe, data) for this double."""
-        return self.__minter.mint(room=room, identity=identity, ttl_seconds=ttl_seconds)
-
-    def mint_viewer_token(self, *, room: str, ttl_seconds: int = 600) -> str:
-        """A subscribe-only join token for a new viewer of ``room`` (identity
-        ``viewer-`` and a random suffix): no publishing, no data."""
-        identity = f"{VIEWER_IDENTITY_PREFIX}{secrets.token_hex(6)}"
+    def mint_token(
+        self, *, room: str, identity: str, ttl_seconds: int = 600, can_publish: bool = True
+    ) -> str:
+        """A real join token for this double: publish, subscribe and data, or, with
+        ``can_publish=False``, a viewer's (subscribe only)."""
         return self.__minter.mint(
-            room=room, identity=identity, ttl_seconds=ttl_seconds, publish=False
+            room=room, identity=identity, ttl_seconds=ttl_seconds, can_publish=can_publish
+        )
+
+    def mint_viewer_token(
+        self, *, room: str, identity: str | None = None, ttl_seconds: int = 600
+    ) -> str:
+        """A subscribe-only join token: its bearer receives the model's output video
+        of ``room`` and may publish nothing. ``identity`` defaults to a fresh
+        ``viewer-…``; one given must start with ``viewer-``."""
+        if identity is None:
+            identity = f"{VIEWER_PREFIX}{secrets.token_hex(6)}"
+        elif not identity.startswith(VIEWER_PREFIX):
+            raise ValueError(f"a viewer's identity must start with {VIEWER_PREFIX!r}")
+        return self.mint_token(
+            room=room, identity=identity, ttl_seconds=ttl_seconds, can_publish=False
         )
 
     @property

@@ -13,6 +13,11 @@ hit it mid-connect); ``publish_delay`` holds the ``track_published`` answer to
 ``add_track`` at once (:meth:`RoomHandle.on_client_publishing`). A held answer
 is dropped when the socket closes meanwhile (a leave, a room loss).
 
+Viewers: a grant without ``can_publish`` (see ``LiveKitDouble.mint_viewer_token``)
+makes a subscribe-only member. Its subscriber track carries every model output
+frame of the room; its ``add_track`` is refused as a LiveKit server refuses it,
+with a ``request_response`` ``NOT_ALLOWED`` and no ``track_published``.
+
 VP9/AV1 refusal: aiortc decodes only VP8 and H264. ``add_track`` is always
 answered (withholding ``track_published`` was seen to leave the client's
 ``publish_track`` hanging after the disconnect). When the client's next publisher
@@ -88,6 +93,8 @@ class SignalSession:
                 model_track_sid=self._room.model_track_sid,
             )
             self._room.attach(self)
+            if not self._grant.can_publish:
+                self._room.add_viewer(self._media.echo)
             held = self._join_answer_delay
             if held > 0 and await self._closed_within(held):
                 return  # left (say, the room was lost) before it got its join answer
@@ -112,6 +119,7 @@ class SignalSession:
             try:
                 self._room.detach(self)
                 if self._media is not None:
+                    self._room.remove_viewer(self._media.echo)
                     await self._media.close()
                 await self._ws.close()
             finally:
@@ -178,6 +186,17 @@ class SignalSession:
         return True
 
     async def _add_track(self, req: rtc.AddTrackRequest) -> bool:
+        if not self._grant.can_publish:
+            log.warning(
+                "%r may not publish (a viewer's grant); track refused", self._grant.identity
+            )
+            refusal = rtc.RequestResponse(
+                reason=rtc.RequestResponse.NOT_ALLOWED,
+                message="does not have permission to publish",
+                add_track=req,
+            )
+            await self._send(rtc.SignalResponse(request_response=refusal))
+            return True
         self._room.on_client_publishing()
         held = self._publish_delay
         if held > 0 and await self._closed_within(held):

@@ -75,11 +75,11 @@ class Minter:
         identity: str,
         ttl_seconds: int,
         now: float | None = None,
-        publish: bool = True,
+        can_publish: bool = True,
     ) -> str:
         """A join token for ``identity`` in ``room``, valid for ``ttl_seconds``
         from ``now`` (default: the wall clock; whole seconds, as livekit-api).
-        ``publish=False``: a viewer's, which may only subscribe (no media, no data)."""
+        ``can_publish=False``: a viewer's grant, subscribe only (no tracks, no data)."""
         if not identity or not room:
             raise ValueError("identity and room must be set when joining a room")
         issued = int(time.time() if now is None else now)
@@ -87,9 +87,9 @@ class Minter:
             "video": {
                 "roomJoin": True,
                 "room": room,
-                "canPublish": publish,
+                "canPublish": can_publish,
                 "canSubscribe": True,
-                "canPublishData": publish,
+                "canPublishData": can_publish,
             },
             "sub": identity,
             "iss": self._api_key,

@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Final
 
 from leanjoin.adapters.client.errors import (
+    CameraError,
     ConnectFailed,
     ImageError,
     InvalidArgument,
@@ -50,12 +51,14 @@ from leanjoin.engine.client.session import NotConnectedError, UsageError
 
 if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
+    from leanjoin.adapters.client.camera import Camera
     from leanjoin.adapters.client.images import image_to_base64
     from leanjoin.adapters.client.room_transport import MediaOptions
     from leanjoin.adapters.client.video_sources import (
         ArraySource,
         FileSource,
         Frame,
+        StillImage,
         TestPattern,
         VideoSource,
     )
@@ -66,11 +69,13 @@ _LAZY: Final = {
     "Milestone": "api",
     "Session": "api",
     "connect": "api",
+    "Camera": "camera",
     "image_to_base64": "images",
     "MediaOptions": "room_transport",
     "ArraySource": "video_sources",
     "FileSource": "video_sources",
     "Frame": "video_sources",
+    "StillImage": "video_sources",
     "TestPattern": "video_sources",
     "VideoSource": "video_sources",
     "SocketOptions": "ws_transport",
@@ -92,6 +97,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ArraySource",
+    "Camera",
+    "CameraError",
     "ConnectFailed",
     "ConnectionState",
     "ErrorKind",
@@ -124,6 +131,7 @@ __all__ = [
     "SessionStarted",
     "SocketOptions",
     "StateChanged",
+    "StillImage",
     "TestPattern",
     "Timeouts",
     "UnknownModelError",

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
     from leanjoin.adapters.client.camera import Camera
     from leanjoin.adapters.client.images import image_to_base64
-    from leanjoin.adapters.client.room_transport import MediaOptions
+    from leanjoin.adapters.client.room_transport import CameraInput, MediaOptions
     from leanjoin.adapters.client.video_sources import (
         ArraySource,
         FileSource,
@@ -71,6 +71,7 @@ _LAZY: Final = {
     "connect": "api",
     "Camera": "camera",
     "image_to_base64": "images",
+    "CameraInput": "room_transport",
     "MediaOptions": "room_transport",
     "ArraySource": "video_sources",
     "FileSource": "video_sources",
@@ -99,6 +100,7 @@ __all__ = [
     "ArraySource",
     "Camera",
     "CameraError",
+    "CameraInput",
     "ConnectFailed",
     "ConnectionState",
     "ErrorKind",

@@ -1,0 +1,196 @@
+"""Camera sources and swapping the camera mid-session (issue #14), end to end:
+the client API against the real ReferenceServer (in-process, on 127.0.0.1) and
+its LiveKit double, joined by the real ``livekit.rtc.Room``.
+
+No prompt and no image: the echo model passes the camera through, so the
+output's colour is the camera's. Every wait is bounded; no speed is asserted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from client_helpers import WAIT, server_idle, until
+from livekit import rtc
+
+from leanjoin.adapters import (
+    ConnectionState,
+    Event,
+    NotConnectedError,
+    RetryPolicy,
+    RetryScheduled,
+    Session,
+    SessionClosed,
+    SessionStarted,
+    StillImage,
+    Timeouts,
+    connect,
+)
+from leanjoin.adapters.server.echo_model import colours_close
+from leanjoin.adapters.server.reference import ReferenceServer
+from leanjoin.engine.server.knobs import ServerKnobs
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.livekit]
+
+RED = (200, 40, 40)
+BLUE = (40, 40, 200)
+GREEN = (40, 200, 40)
+WIDTH, HEIGHT = 320, 240
+TOLERANCE = 24
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ReferenceServer]:
+    async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
+        yield running
+
+
+def still(colour: tuple[int, int, int]) -> StillImage:
+    return StillImage(np.full((HEIGHT, WIDTH, 3), colour, dtype=np.uint8), fps=15)
+
+
+def session_args(server: ReferenceServer, events: list[Event]) -> dict[str, Any]:
+    return {
+        "api_key": server.api_key,
+        "model": "echo",
+        "timeouts": Timeouts(socket_open=5, room_info=5, media=15),
+        "retry": RetryPolicy(max_retries=3, initial_delay=0.05, max_delay=0.2),
+        "on_event": events.append,
+    }
+
+
+def centre(frame: np.ndarray[Any, Any]) -> tuple[int, int, int]:
+    h, w = frame.shape[:2]
+    region = frame[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3].reshape(-1, 3)
+    r, g, b = (int(v) for v in np.median(region, axis=0))
+    return (r, g, b)
+
+
+async def output_shows(session: Session, colour: tuple[int, int, int]) -> None:
+    """Return once the model's output shows ``colour`` (the camera passed through)."""
+    with anyio.fail_after(WAIT):
+        async for frame in session.frames():
+            if colours_close(centre(frame), colour, TOLERANCE):
+                return
+    raise AssertionError(f"the session ended before the output showed {colour}")
+
+
+class PushedTrack:
+    """A LocalVideoTrack the test owns, on its own rtc.VideoSource, fed a colour."""
+
+    def __init__(self, colour: tuple[int, int, int]) -> None:
+        self.source = rtc.VideoSource(WIDTH, HEIGHT)
+        self.track = rtc.LocalVideoTrack.create_video_track("test-camera", self.source)
+        image = np.full((HEIGHT, WIDTH, 3), colour, dtype=np.uint8)
+        self._frame = rtc.VideoFrame(WIDTH, HEIGHT, rtc.VideoBufferType.RGB24, image.tobytes())
+
+    async def feed(self) -> None:
+        while True:
+            self.source.capture_frame(self._frame)
+            await anyio.sleep(1 / 15)
+
+
+@asynccontextmanager
+async def pushed_track(colour: tuple[int, int, int]) -> AsyncIterator[rtc.LocalVideoTrack]:
+    """A :class:`PushedTrack` fed while the block runs, its source closed after:
+    the test's own, which leanjoin never closes."""
+    pushed = PushedTrack(colour)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pushed.feed)
+        yield pushed.track
+        tg.cancel_scope.cancel()
+    await pushed.source.aclose()
+
+
+def attempts(events: list[Event]) -> list[int]:
+    return [e.attempt for e in events if isinstance(e, SessionStarted)]
+
+
+# ---- swapping ---------------------------------------------------------------------------------
+
+
+async def test_replace_camera_mid_session(server: ReferenceServer) -> None:
+    events: list[Event] = []
+    blue = still(BLUE)
+    async with connect(server.url, camera=still(RED), **session_args(server, events)) as session:
+        await output_shows(session, RED)
+        timeline = len({m.attempt for m in session.timeline})
+        await session.replace_camera(blue)
+        assert session.camera is blue
+        await output_shows(session, BLUE)
+        assert {m.attempt for m in session.timeline} == {1} and timeline == 1
+        assert session.state in (ConnectionState.CONNECTED, ConnectionState.GENERATING)
+        room = session.room_name
+    assert attempts(events) == [1]  # the same socket and room: no reconnect
+    assert not any(isinstance(e, RetryScheduled) for e in events)
+    await server_idle(server, room)
+
+
+async def test_replace_camera_survives_a_reconnect(server: ReferenceServer) -> None:
+    events: list[Event] = []
+    async with connect(server.url, camera=still(RED), **session_args(server, events)) as session:
+        await output_shows(session, RED)
+        await session.replace_camera(still(BLUE))
+        await output_shows(session, BLUE)
+        lost = session.room_name
+        assert lost is not None
+        await server.livekit.room(lost).disconnect_participants("room_deleted")
+        await until(lambda: attempts(events) == [1, 2])
+        await output_shows(session, BLUE)  # the retry published the camera last set
+        with anyio.fail_after(WAIT):
+            async for frame in session.frames():  # and never the first one again
+                assert not colours_close(centre(frame), RED, TOLERANCE)
+                if colours_close(centre(frame), BLUE, 8):
+                    break
+        room = session.room_name
+    await server_idle(server, lost, room)
+
+
+async def test_replace_camera_on_a_closed_session_raises(server: ReferenceServer) -> None:
+    events: list[Event] = []
+    async with connect(server.url, camera=still(RED), **session_args(server, events)) as session:
+        room = session.room_name
+    with pytest.raises((SessionClosed, NotConnectedError)):
+        await session.replace_camera(still(BLUE))
+    await server_idle(server, room)
+
+
+# ---- an existing LocalVideoTrack ---------------------------------------------------------------
+
+
+async def test_local_video_track_camera_is_published_and_echoed(server: ReferenceServer) -> None:
+    events: list[Event] = []
+    async with (
+        pushed_track(GREEN) as green,
+        connect(server.url, camera=green, **session_args(server, events)) as session,
+    ):
+        assert session.camera is green
+        await output_shows(session, GREEN)
+        room = session.room_name
+    await server_idle(server, room)
+
+
+async def test_replace_camera_between_a_source_and_a_track(server: ReferenceServer) -> None:
+    events: list[Event] = []
+    async with (
+        pushed_track(GREEN) as green,
+        connect(server.url, camera=still(RED), **session_args(server, events)) as session,
+    ):
+        await output_shows(session, RED)
+        await session.replace_camera(green)  # the track is published as is
+        await output_shows(session, GREEN)
+        await session.replace_camera(still(BLUE))  # and unpublished again
+        await output_shows(session, BLUE)
+        room = session.room_name
+    assert attempts(events) == [1]
+    await server_idle(server, room)

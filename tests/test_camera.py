@@ -21,12 +21,14 @@ from livekit import rtc
 from leanjoin.adapters import (
     ConnectionState,
     Event,
+    MediaOptions,
     NotConnectedError,
     RetryPolicy,
     RetryScheduled,
     Session,
     SessionClosed,
     SessionStarted,
+    StateChanged,
     StillImage,
     Timeouts,
     connect,
@@ -112,6 +114,10 @@ async def pushed_track(colour: tuple[int, int, int]) -> AsyncIterator[rtc.LocalV
     await pushed.source.aclose()
 
 
+def milestones(session: Session) -> set[tuple[str, int]]:
+    return {(m.name, m.attempt) for m in session.timeline}
+
+
 def attempts(events: list[Event]) -> list[int]:
     return [e.attempt for e in events if isinstance(e, SessionStarted)]
 
@@ -136,24 +142,59 @@ async def test_replace_camera_mid_session(server: ReferenceServer) -> None:
     await server_idle(server, room)
 
 
-async def test_replace_camera_survives_a_reconnect(server: ReferenceServer) -> None:
+@pytest.mark.parametrize("kind", ["source", "track"])
+async def test_replace_camera_survives_a_reconnect(server: ReferenceServer, kind: str) -> None:
     events: list[Event] = []
-    async with connect(server.url, camera=still(RED), **session_args(server, events)) as session:
+    async with (
+        pushed_track(GREEN) as green,
+        connect(server.url, camera=still(RED), **session_args(server, events)) as session,
+    ):
+        colour = BLUE if kind == "source" else GREEN
         await output_shows(session, RED)
-        await session.replace_camera(still(BLUE))
-        await output_shows(session, BLUE)
+        await session.replace_camera(still(BLUE) if kind == "source" else green)
+        await output_shows(session, colour)
         lost = session.room_name
         assert lost is not None
         await server.livekit.room(lost).disconnect_participants("room_deleted")
         await until(lambda: attempts(events) == [1, 2])
-        await output_shows(session, BLUE)  # the retry published the camera last set
+        # From here on every frame is the retry's (a stale one waits in no backlog).
+        await until(lambda: ("first_output_frame", 2) in milestones(session))
         with anyio.fail_after(WAIT):
-            async for frame in session.frames():  # and never the first one again
+            # The retry publishes the camera set last, never the first one again.
+            async for frame in session.frames():
                 assert not colours_close(centre(frame), RED, TOLERANCE)
-                if colours_close(centre(frame), BLUE, 8):
+                if colours_close(centre(frame), colour, TOLERANCE):
                     break
         room = session.room_name
     await server_idle(server, lost, room)
+
+
+async def test_a_failed_swap_reconnects_with_the_new_camera(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The double holds every track_published answer for 1 s: the first publish
+    # waits it out (the media timeout is longer), the swap gives up after 0.3 s.
+    events: list[Event] = []
+    knobs = ServerKnobs(publish_delay=1.0)
+    async with (
+        ReferenceServer(host="127.0.0.1", port=0, knobs=knobs) as server,
+        pushed_track(GREEN) as green,
+    ):
+        args = session_args(server, events)
+        async with connect(
+            server.url, camera=still(RED), media=MediaOptions(publish_timeout=0.3), **args
+        ) as session:
+            await output_shows(session, RED)
+            lost = session.room_name
+            await session.replace_camera(green)  # returns: the room is gone, a retry follows
+            await until(lambda: attempts(events) == [1, 2])
+            await until(lambda: ("first_output_frame", 2) in milestones(session))
+            await output_shows(session, GREEN)
+            room = session.room_name
+        await server_idle(server, lost, room)
+    states = [e.state for e in events if isinstance(e, StateChanged)]
+    assert ConnectionState.RECONNECTING in states
+    assert "publishing the replaced camera failed: timed out" in caplog.text
 
 
 async def test_replace_camera_on_a_closed_session_raises(server: ReferenceServer) -> None:
@@ -191,6 +232,8 @@ async def test_replace_camera_between_a_source_and_a_track(server: ReferenceServ
         await output_shows(session, GREEN)
         await session.replace_camera(still(BLUE))  # and unpublished again
         await output_shows(session, BLUE)
+        await session.replace_camera(green)  # unpublished, it is not stopped: still the user's
+        await output_shows(session, GREEN)
         room = session.room_name
     assert attempts(events) == [1]
     await server_idle(server, room)

@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from leanjoin.adapters import Camera, CameraError, LeanJoinError, StillImage, VideoSource
+from leanjoin.adapters import (
+    Camera,
+    CameraError,
+    LeanJoinError,
+    StillImage,
+    VideoSource,
+    connect,
+)
 from leanjoin.adapters.cli.main import main
 from leanjoin.adapters.client.camera import default_device
 from leanjoin.adapters.client.errors import InvalidArgument
@@ -154,6 +161,17 @@ async def test_camera_close_releases_the_device_and_ends_reading(tmp_path: Path)
     camera.close()  # idempotent
     assert camera.closed
     assert await take(camera.frames(), 1) == []  # a closed camera yields nothing
+
+
+async def test_connect_refuses_what_is_no_camera_before_opening_anything() -> None:
+    with pytest.raises(InvalidArgument, match="LocalVideoTrack, got str"):
+        async with connect(
+            "ws://127.0.0.1:9/v1/stream",
+            api_key="k",
+            model="echo",
+            camera="/dev/video0",  # type: ignore[arg-type]  # the mistake under test
+        ):
+            raise AssertionError("must not connect")
 
 
 # ---- the still image -----------------------------------------------------------------------

@@ -377,11 +377,17 @@ class RoomAttempt:
                 # track (or the same track again): nothing to publish.
                 current.version = self._camera.version
             else:
-                with anyio.move_on_after(self._options.publish_timeout) as bounded:
+                new: _Published | None = None
+                failure: Exception | None = None
+                with anyio.move_on_after(self._options.publish_timeout):
                     new, failure = await self._publish_camera(room)
-                if bounded.cancelled_caught or failure is not None:
+                if new is None or failure is not None:
                     why = "timed out" if failure is None else f"{type(failure).__name__}: {failure}"
-                    self._room_failed(f"publishing the replaced camera failed: {why}")
+                    reason = self._scrub(f"publishing the replaced camera failed: {why}")
+                    log.warning(
+                        "attempt %d: %s; leaving the room to reconnect", self.attempt, reason
+                    )
+                    self._room_failed(reason)
                     return
                 self._published = new
                 try:

@@ -13,12 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import av
 import numpy as np
 import pytest
 from client_helpers import WAIT, server_idle, until
 from livekit import rtc
 
 from leanjoin.adapters import (
+    Camera,
     ConnectionState,
     Event,
     MediaOptions,
@@ -203,6 +205,24 @@ async def test_replace_camera_on_a_closed_session_raises(server: ReferenceServer
         room = session.room_name
     with pytest.raises((SessionClosed, NotConnectedError)):
         await session.replace_camera(still(BLUE))
+    await server_idle(server, room)
+
+
+async def test_camera_device_in_a_session_then_replaced(server: ReferenceServer) -> None:
+    # FFmpeg's lavfi colour source stands in for a capture device (none on CI):
+    # the Camera's own reading code feeds the session, then a swap stops it.
+    if "lavfi" not in av.formats_available:
+        pytest.skip("this PyAV build has no lavfi input")
+    events: list[Event] = []
+    red = "color=c=0xC82828:size=320x240:rate=15,realtime"
+    with Camera(red, format="lavfi", width=WIDTH, height=HEIGHT, fps=15) as camera:
+        async with connect(server.url, camera=camera, **session_args(server, events)) as session:
+            await output_shows(session, RED)
+            await session.replace_camera(still(BLUE))
+            await output_shows(session, BLUE)
+            room = session.room_name
+    assert camera.closed
+    assert attempts(events) == [1]
     await server_idle(server, room)
 
 

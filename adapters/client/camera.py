@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from fractions import Fraction
 from types import TracebackType
 from typing import Any, Final
 
+import anyio
 import anyio.to_thread
 import av
 import numpy as np
@@ -120,6 +122,24 @@ class Camera(_Geometry):
         # Held by the read in progress: close() never releases the device under it.
         self._lock = threading.Lock()
         self._closing = False
+
+    @classmethod
+    async def open(
+        cls,
+        device: str | None = None,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        format: str | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> Camera:
+        """A :class:`Camera` opened in a worker thread: opening a device can take
+        a second (macOS), which the event loop should not wait out."""
+        make = functools.partial(
+            cls, device, width=width, height=height, fps=fps, format=format, options=options
+        )
+        return await anyio.to_thread.run_sync(make)
 
     def __repr__(self) -> str:
         return (

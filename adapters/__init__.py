@@ -51,7 +51,7 @@ from leanjoin.engine.client.session import NotConnectedError, UsageError
 
 if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
-    from leanjoin.adapters.client.camera import Camera
+    from leanjoin.adapters.client.camera import Camera, open_camera
     from leanjoin.adapters.client.images import image_to_base64
     from leanjoin.adapters.client.room_transport import CameraInput, MediaOptions
     from leanjoin.adapters.client.video_sources import (
@@ -70,6 +70,7 @@ _LAZY: Final = {
     "Session": "api",
     "connect": "api",
     "Camera": "camera",
+    "open_camera": "camera",
     "image_to_base64": "images",
     "CameraInput": "room_transport",
     "MediaOptions": "room_transport",
@@ -144,4 +145,5 @@ __all__ = [
     "image_to_base64",
     "is_realtime_model",
     "list_models",
+    "open_camera",
 ]

@@ -27,6 +27,7 @@ from leanjoin.adapters import (
     StillImage,
     VideoSource,
     connect,
+    open_camera,
 )
 from leanjoin.adapters.cli.main import main
 from leanjoin.adapters.client.camera import default_device
@@ -153,14 +154,14 @@ async def test_camera_capture_at_the_native_size_and_reading_stays_off_the_loop(
     assert ticks > 10
 
 
-async def test_camera_open_in_a_worker_thread(tmp_path: Path) -> None:
+async def test_open_camera_in_a_worker_thread(tmp_path: Path) -> None:
     device, form = capture_input(tmp_path)
-    with await Camera.open(device, format=form, width=64, height=48) as camera:
+    with await open_camera(device, format=form, width=64, height=48) as camera:
         (frame,) = await take(camera.frames(), 1)
     assert frame.shape == (48, 64, 3)
     missing = str(tmp_path / "no-camera")
     with pytest.raises(CameraError) as caught:  # raised through the thread
-        await Camera.open(missing, format=form)
+        await open_camera(missing, format=form)
     assert caught.value.device == missing and str(caught.value).startswith(missing)
 
 

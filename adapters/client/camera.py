@@ -21,10 +21,10 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from fractions import Fraction
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -33,6 +33,9 @@ import numpy as np
 
 from .errors import CameraError, InvalidArgument
 from .video_sources import Frame, _check_fps, _check_size, _Geometry
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Each platform's capture input and the device it opens when none is named.
 _PLATFORM_INPUTS: Final[Mapping[str, tuple[str | None, str]]] = {
@@ -122,24 +125,6 @@ class Camera(_Geometry):
         # Held by the read in progress: close() never releases the device under it.
         self._lock = threading.Lock()
         self._closing = False
-
-    @classmethod
-    async def open(
-        cls,
-        device: str | None = None,
-        *,
-        width: int | None = None,
-        height: int | None = None,
-        fps: float | None = None,
-        format: str | None = None,
-        options: Mapping[str, str] | None = None,
-    ) -> Camera:
-        """A :class:`Camera` opened in a worker thread: opening a device can take
-        a second (macOS), which the event loop should not wait out."""
-        make = functools.partial(
-            cls, device, width=width, height=height, fps=fps, format=format, options=options
-        )
-        return await anyio.to_thread.run_sync(make)
 
     def __repr__(self) -> str:
         return (
@@ -254,3 +239,15 @@ class Camera(_Geometry):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _in_worker_thread(make: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+    async def made(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(make, *args, **kwargs))
+
+    return made
+
+
+open_camera = _in_worker_thread(Camera)
+"""``await open_camera(...)``: a :class:`Camera` (same arguments) opened in a worker
+thread: opening a device can take a second (macOS), which the loop should not wait out."""

@@ -8,15 +8,18 @@ output's colour is the camera's. Every wait is bounded; no speed is asserted.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import av
 import numpy as np
 import pytest
-from client_helpers import WAIT, server_idle, until
+from client_helpers import LEANJOIN, WAIT, served, server_idle, until
 from livekit import rtc
 
 from leanjoin.adapters import (
@@ -35,7 +38,7 @@ from leanjoin.adapters import (
     Timeouts,
     connect,
 )
-from leanjoin.adapters.server.echo_model import colours_close
+from leanjoin.adapters.server.echo_model import colours_close, decode_reference
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.server.knobs import ServerKnobs
 
@@ -224,6 +227,26 @@ async def test_camera_device_in_a_session_then_replaced(server: ReferenceServer)
     assert camera.closed
     assert attempts(events) == [1]
     await server_idle(server, room)
+
+
+def test_cli_connect_camera_publishes_the_device(tmp_path: Path) -> None:
+    if "lavfi" not in av.formats_available:
+        pytest.skip("this PyAV build has no lavfi input")
+    key = "camera-cli-key"
+    red = "color=c=0xC82828:size=320x240:rate=15,realtime"
+    with served(key) as url:
+        args = ["connect", url, "--model", "echo", "--camera", red, "--camera-format", "lavfi"]
+        run = subprocess.run(
+            [str(LEANJOIN), *args, "--seconds", "2", "--save-frames", str(tmp_path), "--json"],
+            env={**os.environ, "LEANJOIN_API_KEY": key},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 0, run.stderr
+    saved = sorted(tmp_path.glob("frame_*.png"))
+    assert saved
+    assert colours_close(centre(decode_reference(saved[-1].read_bytes())), RED, TOLERANCE)
 
 
 # ---- an existing LocalVideoTrack ---------------------------------------------------------------

@@ -226,3 +226,11 @@ def test_cli_connect_camera_and_video_are_exclusive(tmp_path: Path) -> None:
     video.write_bytes(b"")
     code, output = cli("--camera", "--video", str(video))
     assert code == 2 and "--camera" in output and "--video" in output
+    code, output = cli("--camera-format", "lavfi")
+    assert code == 2 and "give --camera too" in output
+
+
+def test_cli_connect_camera_format_names_the_input() -> None:
+    code, output = cli("--camera=0", "--camera-format", "leanjoin-no-such-format")
+    assert code == 1 and output.strip().count("\n") == 0
+    assert "leanjoin-no-such-format" in output

@@ -239,6 +239,11 @@ def main(verbose: int) -> None:
     "platform's default (/dev/video0; macOS: 0; Windows: name it, video=<name>). Asks "
     "for the model's size and --fps. Put it after URL, or write --camera=DEVICE.",
 )
+@click.option(
+    "--camera-format",
+    metavar="FORMAT",
+    help="The FFmpeg input of --camera [default: v4l2; macOS: avfoundation; Windows: dshow].",
+)
 @click.option("--codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True)
 @click.option(
     "--fps", type=FiniteFloatRange(min=1, max=60), help="Camera frame rate [default: the model's]."
@@ -272,6 +277,7 @@ def connect_command(
     save_frames: Path | None,
     video: Path | None,
     camera_device: str | None,
+    camera_format: str | None,
     codec: str,
     fps: float | None,
     max_bitrate: int,
@@ -295,6 +301,8 @@ def connect_command(
         raise click.BadParameter(str(exc), param_hint="'URL'") from None
     if camera_device is not None and video is not None:
         raise click.UsageError("--camera and --video are two cameras: give one of them")
+    if camera_format is not None and camera_device is None:
+        raise click.UsageError("--camera-format is the input of --camera: give --camera too")
     fps = definition.fps if fps is None else fps
     try:
         image_data = None if image is None else image_to_base64(image)
@@ -303,7 +311,7 @@ def connect_command(
             if video is not None
             else TestPattern(definition.width, definition.height, fps=fps)
             if camera_device is None
-            else _open_camera(camera_device, definition, fps)
+            else _open_camera(camera_device, camera_format, definition, fps)
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -333,7 +341,7 @@ def connect_command(
         _fail(reason, code)
 
 
-def _open_camera(device: str, model: ModelDefinition, fps: float) -> Camera:
+def _open_camera(device: str, form: str | None, model: ModelDefinition, fps: float) -> Camera:
     """The capture device of ``--camera``; no camera is a one-line failure."""
     try:
         return Camera(
@@ -341,6 +349,7 @@ def _open_camera(device: str, model: ModelDefinition, fps: float) -> Camera:
             width=model.width,
             height=model.height,
             fps=fps,
+            format=form,
         )
     except CameraError as exc:
         _fail(f"camera: {exc}")

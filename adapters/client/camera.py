@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import errno
 import functools
+import logging
 import sys
 import threading
 import time
@@ -34,6 +35,8 @@ import numpy as np
 from .errors import CameraError, InvalidArgument
 from .video_sources import Frame, _check_fps, _check_size, _Geometry
 
+log = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -48,6 +51,13 @@ _CAPTURE_FORMATS: Final = frozenset({"v4l2", "video4linux2", "avfoundation", "ds
 _NOT_A_DEVICE: Final = frozenset(
     {errno.ENOTTY, errno.ENODEV, errno.ENXIO, errno.EISDIR, errno.EINVAL, errno.ENOTDIR}
 )
+# Failures that no other size or rate can mend (EINVAL can: avfoundation's refusal).
+_NO_RETRY: Final = (_NOT_A_DEVICE - {errno.EINVAL}) | {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EBUSY,
+}
 
 
 def default_device(platform: str = sys.platform) -> tuple[str, str]:
@@ -75,6 +85,18 @@ def _open_error(device: str, form: str, exc: av.error.FFmpegError) -> CameraErro
     if code in _NOT_A_DEVICE:
         return CameraError(device, f"{device} is not a video capture device ({form}: {why})")
     return CameraError(device, f"{device}: cannot open it as a {form} camera: {why}")
+
+
+def _open_input(device: str, form: str, options: Mapping[str, str]) -> Any:
+    try:
+        return av.open(device, format=form, options=dict(options))
+    except ValueError as exc:
+        if isinstance(exc, av.error.FFmpegError):
+            raise
+        # PyAV's own refusal: FFmpeg has no such input format.
+        raise CameraError(
+            device, f"{device}: this FFmpeg (PyAV {av.__version__}) has no {form!r} input"
+        ) from None
 
 
 class Camera(_Geometry):
@@ -141,23 +163,26 @@ class Camera(_Geometry):
         fps: float | None,
         extra: Mapping[str, str],
     ) -> Any:
-        options = dict(extra)
+        asked: dict[str, str] = {}  # of the device; dropped if it refuses them
         if form in _CAPTURE_FORMATS:
             if width is not None:
-                options.setdefault("video_size", f"{width}x{height}")
+                asked["video_size"] = f"{width}x{height}"
             if fps is not None:
-                options.setdefault("framerate", f"{fps:g}")
+                asked["framerate"] = f"{fps:g}"
             elif form == "avfoundation":
-                # Its default, 29.97, is refused by most Mac cameras.
-                options.setdefault("framerate", "30")
+                asked["framerate"] = "30"  # its default, 29.97, most Mac cameras refuse
         try:
-            container = av.open(device, format=form, options=options)
+            container = _open_input(device, form, {**asked, **extra})
         except av.error.FFmpegError as exc:
-            raise _open_error(device, form, exc) from None
-        except ValueError:  # PyAV's own refusal: FFmpeg has no such input format
-            raise CameraError(
-                device, f"{device}: this FFmpeg (PyAV {av.__version__}) has no {form!r} input"
-            ) from None
+            if not asked or exc.errno in _NO_RETRY:
+                raise _open_error(device, form, exc) from None
+            # avfoundation and dshow refuse a size or rate the device lacks (v4l2
+            # takes the nearest): open it as it is; frames are scaled to the size asked.
+            log.info("%s refused %s (%s); opening it as it is", device, asked, exc.strerror)
+            try:
+                container = _open_input(device, form, dict(extra))
+            except av.error.FFmpegError:
+                raise _open_error(device, form, exc) from None
         if not container.streams.video:
             container.close()
             raise CameraError(device, f"{device} has no video stream ({form})")

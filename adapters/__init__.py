@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Final
 
 from leanjoin.adapters.client.errors import (
+    CameraError,
     ConnectFailed,
     ImageError,
     InvalidArgument,
@@ -51,6 +52,7 @@ from leanjoin.engine.client.session import NotConnectedError, UsageError
 
 if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
+    from leanjoin.adapters.client.camera import Camera, open_camera
     from leanjoin.adapters.client.files import (
         FileNotFound,
         FileReference,
@@ -61,11 +63,12 @@ if TYPE_CHECKING:
     )
     from leanjoin.adapters.client.images import image_to_base64
     from leanjoin.adapters.client.preflight import ConnectivityReport, check_connectivity
-    from leanjoin.adapters.client.room_transport import MediaOptions
+    from leanjoin.adapters.client.room_transport import CameraInput, MediaOptions
     from leanjoin.adapters.client.video_sources import (
         ArraySource,
         FileSource,
         Frame,
+        StillImage,
         TestPattern,
         VideoSource,
     )
@@ -86,10 +89,14 @@ _LAZY: Final = {
     "image_to_base64": "images",
     "ConnectivityReport": "preflight",
     "check_connectivity": "preflight",
+    "Camera": "camera",
+    "open_camera": "camera",
+    "CameraInput": "room_transport",
     "MediaOptions": "room_transport",
     "ArraySource": "video_sources",
     "FileSource": "video_sources",
     "Frame": "video_sources",
+    "StillImage": "video_sources",
     "TestPattern": "video_sources",
     "VideoSource": "video_sources",
     "SocketOptions": "ws_transport",
@@ -114,6 +121,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ArraySource",
+    "Camera",
+    "CameraError",
+    "CameraInput",
     "ConnectFailed",
     "ConnectionState",
     "ConnectivityReport",
@@ -151,6 +161,7 @@ __all__ = [
     "SessionStarted",
     "SocketOptions",
     "StateChanged",
+    "StillImage",
     "TestPattern",
     "Timeouts",
     "UnknownModelError",
@@ -166,6 +177,7 @@ __all__ = [
     "image_to_base64",
     "is_realtime_model",
     "list_models",
+    "open_camera",
     "watch_credentials",
     "watch_room",
 ]

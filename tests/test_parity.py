@@ -113,6 +113,7 @@ async def test_the_default_camera_takes_the_models_size_and_rate(
     caplog.set_level(logging.INFO, logger=SERVER_LOG)
     async with connect(server.url, model="lucy-2.1", prompt="wide", **bounded(server)) as session:
         camera = session.camera
+        assert isinstance(camera, TestPattern)
         assert (camera.width, camera.height, camera.fps) == (1088, 624, 30)
         # The echo model answers in the size it was sent: the size crossed the wire.
         assert scaled_from(await first_output_size(session), 1088, 624)

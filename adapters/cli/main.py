@@ -38,12 +38,13 @@ from rich.live import Live
 from rich.table import Table
 
 from leanjoin.adapters.client.api import Session, connect
+from leanjoin.adapters.client.camera import Camera
 from leanjoin.adapters.client.endpoint import (
     API_KEY_ENV_VARS,
     api_key_from_env,
     stream_url,
 )
-from leanjoin.adapters.client.errors import LeanJoinError
+from leanjoin.adapters.client.errors import CameraError, LeanJoinError
 from leanjoin.adapters.client.images import file_ref, image_to_base64
 from leanjoin.adapters.client.models import ModelDefinition, UnknownModelError, resolve_model
 from leanjoin.adapters.client.png import write_png
@@ -64,6 +65,8 @@ from .display import StatusView, describe, event_json
 from .native_stderr import NativeStderr, filtered_stderr
 
 SERVER_EXTRA: Final = "pip install 'leanjoin[server]'"
+# What `--camera` without a DEVICE stands for: the platform's default device.
+DEFAULT_CAMERA: Final = "default"
 
 # Subcommands in their own modules ("module:attribute"), imported when looked up.
 LAZY_COMMANDS: Final[Mapping[str, str]] = {
@@ -259,6 +262,21 @@ def main(verbose: int) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Publish this video file (looped) instead of the test pattern.",
 )
+@click.option(
+    "--camera",
+    "camera_device",
+    is_flag=False,
+    flag_value=DEFAULT_CAMERA,
+    metavar="[DEVICE]",
+    help="Publish a capture device instead of the test pattern: DEVICE, or alone the "
+    "platform's default (/dev/video0; macOS: 0; Windows: name it, video=<name>). Asks "
+    "for the model's size and --fps. Put it after URL, or write --camera=DEVICE.",
+)
+@click.option(
+    "--camera-format",
+    metavar="FORMAT",
+    help="The FFmpeg input of --camera [default: v4l2; macOS: avfoundation; Windows: dshow].",
+)
 @click.option("--codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True)
 @click.option(
     "--fps", type=FiniteFloatRange(min=1, max=60), help="Camera frame rate [default: the model's]."
@@ -304,6 +322,8 @@ def connect_command(
     seconds: float | None,
     save_frames: Path | None,
     video: Path | None,
+    camera_device: str | None,
+    camera_format: str | None,
     codec: str,
     fps: float | None,
     max_bitrate: int,
@@ -327,6 +347,10 @@ def connect_command(
         url = stream_url(url, definition.path)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'URL'") from None
+    if camera_device is not None and video is not None:
+        raise click.UsageError("--camera and --video are two cameras: give one of them")
+    if camera_format is not None and camera_device is None:
+        raise click.UsageError("--camera-format is the input of --camera: give --camera too")
     fps = definition.fps if fps is None else fps
     try:
         reference = image if image is None or file_ref(image) else image_to_base64(Path(image))
@@ -334,6 +358,8 @@ def connect_command(
             FileSource(video, fps=fps)
             if video is not None
             else TestPattern(definition.width, definition.height, fps=fps)
+            if camera_device is None
+            else _open_camera(camera_device, camera_format, definition, fps)
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -358,8 +384,26 @@ def connect_command(
         code, reason = runner.outcome()
     except ValueError as exc:  # a bad URL, caught by the configuration
         code, reason = ExitCode.FAILED, str(exc)
+    finally:
+        if isinstance(camera, Camera):
+            camera.close()  # the device is released before the exit
     if reason is not None:
         _fail(reason, code)
+
+
+def _open_camera(device: str, form: str | None, model: ModelDefinition, fps: float) -> Camera:
+    """The capture device of ``--camera``; no camera is a one-line failure."""
+    try:
+        return Camera(
+            None if device == DEFAULT_CAMERA else device,
+            width=model.width,
+            height=model.height,
+            fps=fps,
+            format=form,
+        )
+    except CameraError as exc:
+        _fail(f"camera: {exc}")
+        raise  # not reached: _fail exits
 
 
 class _ConnectRun:

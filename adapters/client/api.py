@@ -26,6 +26,7 @@ from typing import Final, Literal
 import anyio
 import anyio.abc
 import attrs
+from livekit import rtc
 
 from leanjoin.engine.client.config import InitialState, RetryPolicy, SessionConfig, Timeouts
 from leanjoin.engine.client.inputs import (
@@ -65,7 +66,7 @@ from .errors import (
 from .fanout import Fanout
 from .images import ImageInput, file_ref, image_to_base64
 from .models import ModelDefinition, resolve_model
-from .room_transport import CameraFeed, MediaOptions
+from .room_transport import CameraFeed, CameraInput, MediaOptions
 from .video_sources import Frame, TestPattern, VideoSource
 from .ws_transport import SocketOptions
 
@@ -117,7 +118,7 @@ class Session:
         config: SessionConfig,
         *,
         model: ModelDefinition,
-        camera: VideoSource,
+        camera: CameraInput,
         media: MediaOptions,
         socket: SocketOptions,
         on_event: EventCallback | None,
@@ -197,8 +198,24 @@ class Session:
         return self._camera.latest
 
     @property
-    def camera(self) -> VideoSource:
-        return self._camera.source
+    def camera(self) -> CameraInput:
+        """The camera set last (at connect or by :meth:`replace_camera`)."""
+        return self._camera.camera
+
+    async def replace_camera(self, camera: CameraInput) -> None:
+        """Publish ``camera`` (a :class:`VideoSource` or a ``livekit.rtc.LocalVideoTrack``)
+        instead of the current one, in the same socket and room, as the JS
+        client's ``replaceVideoTrack``. Between sources the published track
+        stays and reads the new source, so the model's input never stops; with
+        a track involved, the new one is published, then the old one
+        unpublished. Returns once the live room publishes it; while
+        reconnecting at once: every later attempt publishes the camera set
+        last. The old camera is not stopped or closed: it is the caller's.
+        Raises :class:`SessionClosed` once the session ended."""
+        if self._closed:
+            raise SessionClosed("the session is closed")
+        _check_camera(camera)
+        await self._driver.camera_applied(self._camera.replace(camera))
 
     # ---- streams ----------------------------------------------------------------------
 
@@ -397,6 +414,14 @@ class Session:
         self._frames.publish(frame)
 
 
+def _check_camera(camera: object) -> None:
+    if not isinstance(camera, (VideoSource, rtc.LocalVideoTrack)):
+        raise InvalidArgument(
+            "camera must be a VideoSource (TestPattern, StillImage, Camera, ...) or a "
+            f"livekit.rtc.LocalVideoTrack, got {type(camera).__name__}"
+        )
+
+
 @contextlib.contextmanager
 def _arguments_checked() -> Iterator[None]:
     """What refuses an argument of :func:`connect` (the configuration's own
@@ -420,7 +445,7 @@ async def connect(
     prompt: str | None = None,
     enhance_prompt: bool | None = None,
     passthrough: bool | None = None,
-    camera: VideoSource | None = None,
+    camera: CameraInput | None = None,
     media: MediaOptions | None = None,
     socket: SocketOptions | None = None,
     timeouts: Timeouts | None = None,
@@ -447,7 +472,11 @@ async def connect(
     ``image_ref``). ``model`` is a name of the registry (:func:`~leanjoin.adapters.client.models.list_models`,
     or ``echo`` for the reference server) or a :class:`ModelDefinition` for any
     other model. ``camera`` defaults to a moving test pattern of the model's
-    size and frame rate. Raises :class:`ConnectFailed` when the engine gives
+    size and frame rate; it is a :class:`VideoSource` (a :class:`Camera`, a
+    :class:`StillImage`, ...), read until the session ends or the camera is
+    replaced, or a ``livekit.rtc.LocalVideoTrack``, published as it is, whose
+    source the caller feeds. Either stays the caller's: leanjoin unpublishes
+    it, never closes or stops it. Raises :class:`ConnectFailed` when the engine gives
     up, :class:`InvalidArgument` (a ``ValueError``) for bad arguments
     (``UnknownModelError`` for a model name, ``ImageError`` for images)
     before anything is opened; every error is a :class:`LeanJoinError`.
@@ -488,6 +517,7 @@ async def connect(
         )
         if camera is None:
             camera = TestPattern(definition.width, definition.height, fps=definition.fps)
+        _check_camera(camera)
     session = Session(
         config,
         model=definition,

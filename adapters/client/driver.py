@@ -146,6 +146,13 @@ class Driver:
         for room in list(self._rooms.values()):
             room.disconnect()
 
+    async def camera_applied(self, version: int) -> None:
+        """Return once the live attempt's room publishes camera ``version`` (see
+        :meth:`RoomAttempt.camera_applied`); at once without a live room."""
+        room = None if self.live_attempt is None else self._rooms.get(self.live_attempt)
+        if room is not None:
+            await room.camera_applied(version)
+
     async def wait_io_idle(self) -> None:
         """Return once no socket or room task is left."""
         await self._io_idle.wait()

@@ -14,6 +14,7 @@ from leanjoin.engine.client.session import NotConnectedError, UsageError
 from leanjoin.engine.errors import InvalidArgument, LeanJoinError
 
 __all__ = [
+    "CameraError",
     "ConnectFailed",
     "ImageError",
     "InvalidArgument",
@@ -38,6 +39,14 @@ class ConnectFailed(LeanJoinError):
         self.kind = kind
         self.message = message
         self.attempt = attempt
+
+
+class CameraError(LeanJoinError):
+    """A capture device could not be opened or read; ``device`` names it."""
+
+    def __init__(self, device: str, message: str) -> None:
+        super().__init__(message)
+        self.device = device
 
 
 class SessionClosed(LeanJoinError):

@@ -14,15 +14,21 @@ runs shielded (bounded by ``connect_timeout``); an attempt abandoned meanwhile
 lets it finish and then disconnects. Every exit path — failure, abandonment,
 cancellation — ends in an explicit, shielded ``await room.disconnect()``.
 
-:class:`CameraFeed` pumps one local video source into the published track of
-whichever attempts are live; each attempt gets a fresh ``rtc.VideoSource``.
+:class:`CameraFeed` holds the camera the user last set and pumps it, when it
+is a local video source, into the published track of whichever attempts are
+live; each attempt gets a fresh ``rtc.VideoSource``. A ``rtc.LocalVideoTrack``
+given as the camera is published as it is. When the camera is replaced, a
+published attempt swaps it in place (:meth:`RoomAttempt.camera_applied`): from
+source to source the pump reads the new source into the same track (the
+model's input never stops); otherwise the new track is published, then the old
+one unpublished.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, Final, Literal
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final, Literal, TypeAlias
 
 import anyio
 import anyio.abc
@@ -51,6 +57,7 @@ log = logging.getLogger(__name__)
 Post = Callable[[Input], None]
 Trace = Callable[[AttemptId, str], None]
 FrameSink = Callable[[AttemptId, Frame], None]
+CameraInput: TypeAlias = VideoSource | rtc.LocalVideoTrack
 
 _CODECS: Final = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8}
 _KINDS: Final[dict[int, TrackKind]] = {
@@ -72,18 +79,44 @@ class MediaOptions:
     # Bound of the shielded connect (the client retries 3 times inside, ~5 s each).
     connect_timeout: float = attrs.field(default=30.0, validator=positive)
     disconnect_timeout: float = attrs.field(default=5.0, validator=positive)
+    # Bound of a camera swap's publish in a connected room (no engine timer covers it).
+    publish_timeout: float = attrs.field(default=10.0, validator=positive)
     # Decoded output frames buffered per remote track; older ones are dropped.
     output_buffer: int = 2
 
 
 class CameraFeed:
-    """One local source, pumped into every attached ``rtc.VideoSource``."""
+    """The camera the user last set (what every new attempt publishes); a
+    local source is pumped into every attached ``rtc.VideoSource``."""
 
-    def __init__(self, source: VideoSource) -> None:
-        self.source = source
+    def __init__(self, camera: CameraInput) -> None:
+        self.camera = camera
+        self.version = 0  # one more at every replace
+        self._changed = anyio.Event()
+        self._pump_scope: anyio.CancelScope | None = None
         self._sinks: set[rtc.VideoSource] = set()
         self.latest: Frame | None = None
         self.frames = 0
+
+    @property
+    def source(self) -> VideoSource | None:
+        """The camera when it is a source leanjoin pumps (None: a track)."""
+        return None if isinstance(self.camera, rtc.LocalVideoTrack) else self.camera
+
+    def replace(self, camera: CameraInput) -> int:
+        """Make ``camera`` the camera; its version (rooms swap to it on their own)."""
+        self.camera = camera
+        self.version += 1
+        if self._pump_scope is not None:
+            self._pump_scope.cancel()  # the pump goes on with the new source
+        self._changed.set()
+        self._changed = anyio.Event()
+        return self.version
+
+    async def wait_changed(self, seen: int) -> None:
+        """Return once the camera is another than at version ``seen``."""
+        while self.version == seen:
+            await self._changed.wait()
 
     def attach(self, sink: rtc.VideoSource) -> None:
         self._sinks.add(sink)
@@ -94,8 +127,18 @@ class CameraFeed:
         self._sinks.discard(sink)
 
     async def run(self) -> None:
+        while True:
+            version, source = self.version, self.source
+            if source is not None:
+                with anyio.CancelScope() as self._pump_scope:
+                    await self._pump(source)
+                self._pump_scope = None
+            await self.wait_changed(version)
+
+    async def _pump(self, source: VideoSource) -> None:
+        frames = source.frames()
         try:
-            async for frame in self.source.frames():
+            async for frame in frames:
                 self.latest = frame
                 self.frames += 1
                 if self._sinks:
@@ -108,6 +151,17 @@ class CameraFeed:
             # A broken camera (say, an unreadable video file) stops the video, not
             # the session: signaling and the model's output go on, loudly logged.
             log.exception("the local video source failed; no more frames are published")
+        finally:
+            await _close_iterator(frames)
+
+
+async def _close_iterator(frames: AsyncIterator[Frame]) -> None:
+    # A replaced source's generator is closed now (its `finally` releases what
+    # it holds), not whenever the garbage collector finds it.
+    aclose = getattr(frames, "aclose", None)
+    if aclose is not None:
+        with anyio.CancelScope(shield=True):
+            await aclose()
 
 
 def _now_us() -> int:
@@ -173,6 +227,17 @@ def reason_name(reason: Any) -> str:
         return str(reason)
 
 
+@attrs.define
+class _Published:
+    """The camera an attempt publishes: the track, and ``sink``, the
+    ``rtc.VideoSource`` leanjoin made for it (None: the user's own track)."""
+
+    version: int
+    track: rtc.LocalVideoTrack
+    sink: rtc.VideoSource | None
+    sid: str = ""
+
+
 class RoomAttempt:
     """One attempt's room. Create, start :meth:`run` in a task, feed effects."""
 
@@ -203,6 +268,8 @@ class RoomAttempt:
         self._watched: set[str] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._done = anyio.Event()
+        self._published: _Published | None = None
+        self._swapped = anyio.Event()  # set (and renewed) at every swap and at the end
         self.disconnected_cleanly = False
 
     def __repr__(self) -> str:
@@ -214,6 +281,13 @@ class RoomAttempt:
 
     async def wait_done(self) -> None:
         await self._done.wait()
+
+    async def camera_applied(self, version: int) -> None:
+        """Return once this room publishes the camera of ``version`` (or a later
+        one), is not publishing yet (it will publish the camera set last, or swap
+        to it right after), or is gone (a retry publishes it)."""
+        while not self.done and self._published is not None and self._published.version < version:
+            await self._swapped.wait()
 
     # ---- effects (synchronous: called from the engine's task) ------------------------
 
@@ -239,21 +313,20 @@ class RoomAttempt:
         room = rtc.Room()
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("disconnected", self._on_disconnected)
-        sink: rtc.VideoSource | None = None
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
                     self._task_group = tg
                     if await self._connect(room):
                         await self._publish_requested.wait()
-                        sink = await self._publish(room)
-                        if sink is not None:
-                            await anyio.sleep_forever()  # until lost or disconnected
+                        if await self._publish(room):
+                            await self._swap_cameras(room)  # until lost or disconnected
                     tg.cancel_scope.cancel()  # video readers end with the room
         finally:
             self._task_group = None
-            await self._leave(room, sink)
+            await self._leave(room)
             self._done.set()
+            self._swapped.set()
 
     async def _connect(self, room: rtc.Room) -> bool:
         failure = await connect_shielded(
@@ -268,11 +341,22 @@ class RoomAttempt:
         self._note("room_connected")
         return True
 
-    async def _publish(self, room: rtc.Room) -> rtc.VideoSource | None:
-        options = self._options
-        camera = self._camera.source
+    def _camera_track(self) -> _Published:
+        """A track for the camera set now (made for a source; a track as it is)."""
+        camera = self._camera.camera
+        version = self._camera.version
+        if isinstance(camera, rtc.LocalVideoTrack):
+            return _Published(version, camera, None)
         sink = rtc.VideoSource(camera.width, camera.height)
-        track = rtc.LocalVideoTrack.create_video_track(options.track_name, sink)
+        track = rtc.LocalVideoTrack.create_video_track(self._options.track_name, sink)
+        self._camera.attach(sink)
+        return _Published(version, track, sink)
+
+    async def _publish_camera(self, room: rtc.Room) -> tuple[_Published, Exception | None]:
+        """Publish the camera set now. Made and not published (failed or cancelled),
+        its sink is closed here; published, the caller records it."""
+        options = self._options
+        published = self._camera_track()
         publish_options = rtc.TrackPublishOptions(
             source=rtc.TrackSource.SOURCE_CAMERA,
             video_codec=_CODECS[options.codec],
@@ -281,20 +365,73 @@ class RoomAttempt:
             ),
             simulcast=options.simulcast,
         )
-        self._camera.attach(sink)
         try:
-            await room.local_participant.publish_track(track, publish_options)
-        except Exception as exc:
-            self._camera.detach(sink)
-            await sink.aclose()
-            reason = self._scrub(f"{type(exc).__name__}: {exc}")
+            publication = await room.local_participant.publish_track(
+                published.track, publish_options
+            )
+        except BaseException as exc:
+            await self._close_sink(published)
+            if not isinstance(exc, Exception):
+                raise  # cancelled
+            return published, exc
+        published.sid = publication.sid
+        return published, None
+
+    async def _publish(self, room: rtc.Room) -> bool:
+        published, failure = await self._publish_camera(room)
+        if failure is not None:
+            reason = self._scrub(f"{type(failure).__name__}: {failure}")
             self._report_terminal(PublishFailed(self.attempt, reason))
-            return None
+            return False
+        self._published = published
         if self._lost.is_set():
-            return sink  # lost while publishing: already reported as room loss
+            return True  # lost while publishing: already reported as room loss
         self._post(TracksPublished(self.attempt))
         self._note("tracks_published")
-        return sink
+        return True
+
+    async def _swap_cameras(self, room: rtc.Room) -> None:
+        """Follow every camera replace, in this connected room, for its lifetime."""
+        while True:
+            current = self._published
+            assert current is not None
+            await self._camera.wait_changed(current.version)
+            if (current.sink is not None and self._camera.source is not None) or (
+                current.track is self._camera.camera
+            ):
+                # Source to source: the pump already reads the new source into this
+                # track (or the same track again): nothing to publish.
+                current.version = self._camera.version
+            else:
+                new: _Published | None = None
+                failure: Exception | None = None
+                with anyio.move_on_after(self._options.publish_timeout):
+                    new, failure = await self._publish_camera(room)
+                if new is None or failure is not None:
+                    why = "timed out" if failure is None else f"{type(failure).__name__}: {failure}"
+                    reason = self._scrub(f"publishing the replaced camera failed: {why}")
+                    log.warning(
+                        "attempt %d: %s; leaving the room to reconnect", self.attempt, reason
+                    )
+                    self._room_failed(reason)
+                    return
+                self._published = new
+                try:
+                    await room.local_participant.unpublish_track(current.sid)
+                except Exception as exc:  # the new camera is published: say so, go on
+                    log.warning(
+                        "attempt %d: unpublishing the old camera failed: %r", self.attempt, exc
+                    )
+                await self._close_sink(current)
+                self._note("camera_replaced")
+            self._swapped.set()
+            self._swapped = anyio.Event()
+
+    async def _close_sink(self, published: _Published) -> None:
+        if published.sink is not None:
+            self._camera.detach(published.sink)
+            with anyio.CancelScope(shield=True):
+                await published.sink.aclose()
 
     async def _read_video(self, track: rtc.RemoteVideoTrack) -> None:
         await read_video(
@@ -303,18 +440,19 @@ class RoomAttempt:
             capacity=self._options.output_buffer,
         )
 
-    async def _leave(self, room: rtc.Room, sink: rtc.VideoSource | None) -> None:
+    async def _leave(self, room: rtc.Room) -> None:
         self._leaving = True
+        published = self._published
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._options.disconnect_timeout):
-            if sink is not None:
-                self._camera.detach(sink)
+            if published is not None and published.sink is not None:
+                self._camera.detach(published.sink)
             try:
                 await room.disconnect()
                 self.disconnected_cleanly = True
             except Exception as exc:  # cleanup must not raise; say what went wrong
                 log.warning("attempt %d: room disconnect failed: %r", self.attempt, exc)
-            if sink is not None:
-                await sink.aclose()
+            if published is not None:
+                await self._close_sink(published)  # a user's track is theirs to stop
         self._note("room_left")
 
     # ---- room callbacks (run in the room's listener task) -------------------------------
@@ -335,7 +473,11 @@ class RoomAttempt:
     def _on_disconnected(self, reason: Any) -> None:
         if self._leaving:
             return  # our own leave, not a loss
-        self._report_terminal(RoomDisconnected(self.attempt, reason_name(reason)))
+        self._room_failed(reason_name(reason))
+
+    def _room_failed(self, reason: str) -> None:
+        """Report the room lost (the engine retries) and leave it."""
+        self._report_terminal(RoomDisconnected(self.attempt, self._scrub(reason)))
         self._lost.set()
         self._scope.cancel()  # nothing left to do in a lost room but leave it
 

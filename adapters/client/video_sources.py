@@ -1,10 +1,13 @@
 """Local video for the room: what the client publishes as its "camera".
 
-A source yields HxWx3 uint8 RGB frames at its own pace. Three kinds:
+A source yields HxWx3 uint8 RGB frames at its own pace. The kinds here:
 
 * :class:`TestPattern`: a synthetic moving pattern, deterministic per frame index;
+* :class:`StillImage`: one picture, repeated;
 * :class:`ArraySource`: frames the application pushes from numpy arrays;
 * :class:`FileSource`: frames decoded from a video file with PyAV (looped).
+
+A capture device is :class:`~.camera.Camera`, in a module of its own.
 
 None of them knows about LiveKit; the room adapter converts frames.
 """
@@ -48,6 +51,11 @@ def _check_size(width: int, height: int) -> None:
     # Even sizes: the encoders work on 2x2 chroma blocks.
     if width < 16 or height < 16 or width % 2 or height % 2:
         raise InvalidArgument(f"frame size must be even and at least 16x16, got {width}x{height}")
+
+
+def _check_fps(fps: float) -> None:
+    if not (0 < fps <= 120):
+        raise InvalidArgument(f"fps must be in (0, 120], got {fps}")
 
 
 def _check_frame(frame: npt.NDArray[np.generic]) -> Frame:
@@ -100,8 +108,7 @@ class TestPattern(_Geometry):
 
     def __init__(self, width: int = 640, height: int = 360, fps: float = 30.0) -> None:
         _check_size(width, height)
-        if not (0 < fps <= 120):
-            raise InvalidArgument(f"fps must be in (0, 120], got {fps}")
+        _check_fps(fps)
         self._width = width
         self._height = height
         self._fps = float(fps)
@@ -126,6 +133,22 @@ class TestPattern(_Geometry):
     async def frames(self) -> AsyncIterator[Frame]:
         async for index in _paced(self._fps):
             yield self.frame_at(index)
+
+
+class StillImage(_Geometry):
+    """One HxWx3 uint8 RGB picture, sent again ``fps`` times a second: a
+    camera that shows a fixed scene (the encoder keeps a steady stream)."""
+
+    def __init__(self, image: npt.NDArray[np.generic], fps: float = 10.0) -> None:
+        self._frame = _check_frame(image)
+        self._height, self._width = self._frame.shape[:2]
+        _check_size(self._width, self._height)
+        _check_fps(fps)
+        self._fps = float(fps)
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        async for _ in _paced(self._fps):
+            yield self._frame
 
 
 class ArraySource(_Geometry):

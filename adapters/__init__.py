@@ -16,6 +16,7 @@ from leanjoin.adapters.client.errors import (
     ImageError,
     InvalidArgument,
     LeanJoinError,
+    MicrophoneUnavailable,
     RequestError,
     RequestRejected,
     RequestTimedOut,
@@ -50,6 +51,13 @@ from leanjoin.engine.client.session import NotConnectedError, UsageError
 
 if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
+    from leanjoin.adapters.client.audio_sources import (
+        AudioFrame,
+        AudioSource,
+        Microphone,
+        Tone,
+        WavSource,
+    )
     from leanjoin.adapters.client.images import image_to_base64
     from leanjoin.adapters.client.room_transport import MediaOptions
     from leanjoin.adapters.client.video_sources import (
@@ -66,6 +74,11 @@ _LAZY: Final = {
     "Milestone": "api",
     "Session": "api",
     "connect": "api",
+    "AudioFrame": "audio_sources",
+    "AudioSource": "audio_sources",
+    "Microphone": "audio_sources",
+    "Tone": "audio_sources",
+    "WavSource": "audio_sources",
     "image_to_base64": "images",
     "MediaOptions": "room_transport",
     "ArraySource": "video_sources",
@@ -92,6 +105,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ArraySource",
+    "AudioFrame",
+    "AudioSource",
     "ConnectFailed",
     "ConnectionState",
     "ErrorKind",
@@ -106,6 +121,8 @@ __all__ = [
     "InvalidArgument",
     "LeanJoinError",
     "MediaOptions",
+    "Microphone",
+    "MicrophoneUnavailable",
     "Milestone",
     "ModelDefinition",
     "ModelDeprecationWarning",
@@ -126,10 +143,12 @@ __all__ = [
     "StateChanged",
     "TestPattern",
     "Timeouts",
+    "Tone",
     "UnknownModelError",
     "UnsupportedImageSource",
     "UsageError",
     "VideoSource",
+    "WavSource",
     "connect",
     "image_to_base64",
     "is_realtime_model",

@@ -18,6 +18,7 @@ __all__ = [
     "ImageError",
     "InvalidArgument",
     "LeanJoinError",
+    "MicrophoneUnavailable",
     "NotConnectedError",
     "RequestError",
     "RequestRejected",
@@ -67,3 +68,8 @@ class ImageError(InvalidArgument):
 
 class UnsupportedImageSource(ImageError):
     """A URL scheme that the client refuses to fetch (http, https, file, ...)."""
+
+
+class MicrophoneUnavailable(LeanJoinError):
+    """No microphone can be opened: the ``audio`` extra or the system's PortAudio
+    is missing, or the machine has no audio input device. The message says which."""

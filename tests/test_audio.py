@@ -20,16 +20,18 @@ import anyio
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from client_helpers import LEANJOIN, WAIT, served, server_idle
+from client_helpers import LEANJOIN, WAIT, served, server_idle, until
 
 from leanjoin.adapters import (
     AudioFrame,
+    Event,
     InvalidArgument,
     LeanJoinError,
     Microphone,
     MicrophoneUnavailable,
     RetryPolicy,
     Session,
+    SessionStarted,
     TestPattern,
     Timeouts,
     Tone,
@@ -114,6 +116,25 @@ async def test_model_audio_echoes_published_tone(server: ReferenceServer) -> Non
     await server_idle(server, session.room_name)  # the audio feed and reader ended too
     assert rms(samples) > 1000, "the echo is (nearly) silent"
     assert abs(dominant_frequency(samples, 48_000) - 440) < 10
+
+
+async def test_model_audio_comes_back_after_a_reconnect(server: ReferenceServer) -> None:
+    # Each attempt publishes the one audio source anew and reads its own room's model audio.
+    events: list[Event] = []
+    async with connect(
+        server.url, audio=Tone(660), on_event=events.append, **session_args(server)
+    ) as session:
+        await received_audio(session, 4_800)
+        lost = session.room_name
+        assert lost is not None
+        await server.livekit.room(lost).disconnect_participants("room_deleted")
+        await until(lambda: sum(isinstance(e, SessionStarted) for e in events) == 2)
+        samples = await received_audio(session, ANALYSED_SAMPLES)
+        room = server.livekit.find_room(session.room_name or "")
+        assert room is not None and room.client_track_kinds == ("video", "audio")
+        renewed = session.room_name
+    assert abs(dominant_frequency(samples, 48_000) - 660) < 10
+    await server_idle(server, lost, renewed)
 
 
 async def test_session_without_audio_publishes_only_video(server: ReferenceServer) -> None:
@@ -232,6 +253,17 @@ def test_tone_refuses_a_frequency_above_nyquist() -> None:
 def test_microphone_without_the_audio_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if not installed
     with pytest.raises(MicrophoneUnavailable, match=r"pip install 'leanjoin\[audio\]'"):
+        Microphone()
+
+
+def test_microphone_without_portaudio_names_the_system_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # What sounddevice does when the system's PortAudio is absent: OSError on import.
+    (tmp_path / "sounddevice.py").write_text("raise OSError('PortAudio library not found')\n")
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MicrophoneUnavailable, match=r"PortAudio library .* libportaudio2"):
         Microphone()
 
 

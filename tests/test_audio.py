@@ -8,6 +8,8 @@ and that it is not silence. Every wait is bounded; no speed is asserted.
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import subprocess
 import sys
@@ -113,6 +115,9 @@ async def test_model_audio_echoes_published_tone(server: ReferenceServer) -> Non
         room = server.livekit.rooms[0]
         assert room.client_track_kinds == ("video", "audio")
         assert room.client_audio_frames > 0
+        # The camera's publication is reported before the microphone is published.
+        steps = [m.name for m in session.timeline]
+        assert steps.index("tracks_published") < steps.index("audio_published")
     await server_idle(server, session.room_name)  # the audio feed and reader ended too
     assert rms(samples) > 1000, "the echo is (nearly) silent"
     assert abs(dominant_frequency(samples, 48_000) - 440) < 10
@@ -348,3 +353,49 @@ def test_cli_audio_mic_without_a_microphone_says_what_is_missing() -> None:
     assert result.output.startswith("leanjoin: ")
     reasons = ("no audio input device", "PortAudio library", "leanjoin[audio]")
     assert any(reason in result.output for reason in reasons), result.output
+
+
+NULL_DEVICE_ALSA_CONFIG = """
+pcm.!default { type null }
+"""
+
+MICROPHONE_PROBE = """
+import anyio, json
+from leanjoin.adapters import Microphone
+
+async def main():
+    mic = Microphone()
+    shapes = []
+    with anyio.fail_after(10):
+        async for frame in mic.frames():
+            shapes.append([*frame.samples.shape, str(frame.samples.dtype), frame.sample_rate])
+            if len(shapes) == 20:
+                break
+    print(json.dumps({"name": mic.name, "rate": mic.sample_rate, "shapes": shapes}))
+
+anyio.run(main, backend="asyncio")
+"""
+
+
+def test_microphone_records_10_ms_chunks_from_an_input_device(tmp_path: Path) -> None:
+    # No sound card here: ALSA's null plugin, made the default device in a
+    # process of its own, is a real input device that PortAudio opens.
+    try:
+        importlib.import_module("sounddevice")  # loads PortAudio
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"sounddevice or PortAudio not installed: {exc}")
+    config = tmp_path / "asound.conf"
+    config.write_text(NULL_DEVICE_ALSA_CONFIG)
+    run = subprocess.run(
+        [sys.executable, "-c", MICROPHONE_PROBE],
+        env={**os.environ, "ALSA_CONFIG_PATH": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.splitlines()[-1])
+    rate = report["rate"]
+    assert report["name"] == "default"
+    assert len(report["shapes"]) == 20
+    assert all(shape == [rate // 100, 1, "int16", rate] for shape in report["shapes"])

@@ -247,6 +247,16 @@ def test_wav_source_refuses_an_empty_file(tmp_path: Path) -> None:
         WavSource(path)
 
 
+@pytest.mark.parametrize(
+    "samples",
+    [np.zeros(480, dtype=np.int16), np.zeros((480, 1), dtype=np.float32), [[0], [1]]],
+    ids=["flat", "float", "list"],
+)
+def test_audio_frame_refuses_what_is_no_int16_channel_array(samples: Any) -> None:
+    with pytest.raises(InvalidArgument, match=r"\(n, channels\) int16 array"):
+        AudioFrame(samples, 48_000)
+
+
 def test_tone_refuses_a_frequency_above_nyquist() -> None:
     with pytest.raises(InvalidArgument, match="tone frequency"):
         Tone(30_000)

@@ -45,7 +45,8 @@ def _check_samples(_instance: object, _attribute: object, samples: Samples) -> N
     ):
         raise InvalidArgument(
             f"audio samples must be an (n, channels) int16 array with 1 or 2 channels, "
-            f"got {samples.shape} {samples.dtype}"
+            f"got {getattr(samples, 'shape', type(samples).__name__)} "
+            f"{getattr(samples, 'dtype', '')}"
         )
 
 

@@ -31,7 +31,10 @@ TRACK_NAME: Final = "microphone"
 
 
 class AudioFeed:
-    """One local audio source, pumped into every attached ``rtc.AudioSource``."""
+    """One local audio source, pumped into every attached ``rtc.AudioSource``.
+
+    It runs for the whole session: chunks made while no room is live are
+    dropped, as a live microphone's would be (a file plays on meanwhile)."""
 
     def __init__(self, source: AudioSource) -> None:
         self.source = source

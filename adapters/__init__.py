@@ -17,6 +17,7 @@ from leanjoin.adapters.client.errors import (
     ImageError,
     InvalidArgument,
     LeanJoinError,
+    MicrophoneUnavailable,
     RequestError,
     RequestRejected,
     RequestTimedOut,
@@ -52,6 +53,13 @@ from leanjoin.engine.client.session import NotConnectedError, UsageError
 
 if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
+    from leanjoin.adapters.client.audio_sources import (
+        AudioFrame,
+        AudioSource,
+        Microphone,
+        Tone,
+        WavSource,
+    )
     from leanjoin.adapters.client.camera import Camera, open_camera
     from leanjoin.adapters.client.files import (
         FileNotFound,
@@ -86,6 +94,11 @@ _LAZY: Final = {
     "HttpApiError": "files",
     "WatchCredentials": "files",
     "watch_credentials": "files",
+    "AudioFrame": "audio_sources",
+    "AudioSource": "audio_sources",
+    "Microphone": "audio_sources",
+    "Tone": "audio_sources",
+    "WavSource": "audio_sources",
     "image_to_base64": "images",
     "ConnectivityReport": "preflight",
     "check_connectivity": "preflight",
@@ -121,6 +134,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ArraySource",
+    "AudioFrame",
+    "AudioSource",
     "Camera",
     "CameraError",
     "CameraInput",
@@ -143,6 +158,8 @@ __all__ = [
     "InvalidArgument",
     "LeanJoinError",
     "MediaOptions",
+    "Microphone",
+    "MicrophoneUnavailable",
     "Milestone",
     "ModelDefinition",
     "ModelDeprecationWarning",
@@ -164,6 +181,7 @@ __all__ = [
     "StillImage",
     "TestPattern",
     "Timeouts",
+    "Tone",
     "UnknownModelError",
     "UnsupportedImageSource",
     "UsageError",
@@ -172,6 +190,7 @@ __all__ = [
     "ViewerStateChanged",
     "WatchCredentials",
     "WatchFailed",
+    "WavSource",
     "check_connectivity",
     "connect",
     "image_to_base64",

@@ -68,6 +68,9 @@ def test_connect_does_not_import_the_server_stack() -> None:
     assert imported == []
     # The client itself (what connect runs) is loaded: the check above means something.
     assert "leanjoin.adapters.client.room_transport" in report["modules"]
+    # The microphone's library loads PortAudio: only a Microphone imports it.
+    assert "leanjoin.adapters.client.audio_sources" in report["modules"]
+    assert "sounddevice" not in report["modules"]
 
 
 def test_the_server_stack_is_the_server_extra_not_a_base_dependency() -> None:
@@ -81,9 +84,17 @@ def test_the_server_stack_is_the_server_extra_not_a_base_dependency() -> None:
     assert {"livekit", "av", "numpy", "websockets", "anyio"} <= base
 
 
-def test_dev_installs_the_server_and_load_extras() -> None:
-    # `./dev test` and `./dev demo` run the reference server; tests/test_load.py runs Locust.
-    assert "'.[dev,server,load]'" in (ROOT / "dev").read_text()
+def test_dev_installs_the_server_load_and_audio_extras() -> None:
+    # `./dev test` and `./dev demo` run the reference server; tests/test_load.py runs
+    # Locust; tests/test_audio.py makes a Microphone with the real sounddevice.
+    assert "'.[dev,server,load,audio]'" in (ROOT / "dev").read_text()
+
+
+def test_the_microphone_library_is_the_audio_extra_not_a_base_dependency() -> None:
+    project = _project()
+    base = {_name(requirement) for requirement in project["dependencies"]}
+    assert {_name(r) for r in project["optional-dependencies"]["audio"]} == {"sounddevice"}
+    assert "sounddevice" not in base
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ import signal
 import sys
 import textwrap
 import threading
+import wave
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -38,16 +39,18 @@ from rich.live import Live
 from rich.table import Table
 
 from leanjoin.adapters.client.api import Session, connect
+from leanjoin.adapters.client.audio_sources import AudioSource, Microphone, Tone, WavSource
 from leanjoin.adapters.client.camera import Camera
 from leanjoin.adapters.client.endpoint import (
     API_KEY_ENV_VARS,
     api_key_from_env,
     stream_url,
 )
-from leanjoin.adapters.client.errors import CameraError, LeanJoinError
+from leanjoin.adapters.client.errors import CameraError, LeanJoinError, MicrophoneUnavailable
 from leanjoin.adapters.client.images import file_ref, image_to_base64
 from leanjoin.adapters.client.models import ModelDefinition, UnknownModelError, resolve_model
 from leanjoin.adapters.client.png import write_png
+from leanjoin.adapters.client.room_audio import RECEIVED_CHANNELS, RECEIVED_RATE
 from leanjoin.adapters.client.room_transport import MediaOptions
 from leanjoin.adapters.client.video_sources import FileSource, TestPattern, VideoSource
 from leanjoin.engine.client.config import RESERVED_QUERY_NAMES, RetryPolicy, Timeouts
@@ -277,6 +280,18 @@ def main(verbose: int) -> None:
     metavar="FORMAT",
     help="The FFmpeg input of --camera [default: v4l2; macOS: avfoundation; Windows: dshow].",
 )
+@click.option(
+    "--audio",
+    "audio_spec",
+    metavar="tone|mic|PATH.wav",
+    help="Publish a microphone track: a 440 Hz tone, the default input device, "
+    "or a 16-bit PCM WAV file (looped).",
+)
+@click.option(
+    "--save-audio",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the model's audio received to this WAV file (48 kHz mono, 16-bit).",
+)
 @click.option("--codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True)
 @click.option(
     "--fps", type=FiniteFloatRange(min=1, max=60), help="Camera frame rate [default: the model's]."
@@ -324,6 +339,8 @@ def connect_command(
     video: Path | None,
     camera_device: str | None,
     camera_format: str | None,
+    audio_spec: str | None,
+    save_audio: Path | None,
     codec: str,
     fps: float | None,
     max_bitrate: int,
@@ -363,6 +380,11 @@ def connect_command(
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    audio = None if audio_spec is None else _audio_source(audio_spec)
+    if save_audio is not None and not save_audio.parent.is_dir():
+        raise click.BadParameter(
+            f"no directory {str(save_audio.parent)!r} to write into", param_hint="'--save-audio'"
+        )
     media = MediaOptions(
         codec="vp8" if codec == "vp8" else "h264", max_bitrate=max_bitrate, max_framerate=fps
     )
@@ -370,6 +392,7 @@ def connect_command(
         as_json=as_json,
         seconds=seconds,
         save_frames=save_frames,
+        save_audio=save_audio,
         retry=RetryPolicy(max_retries=retries),
         timeouts=Timeouts(connect=timeout),
         initial_state=reference is not None or prompt is not None,
@@ -378,7 +401,7 @@ def connect_command(
     )
     try:
         code, reason = anyio.run(
-            runner.run, url, api_key, definition, reference, prompt, camera, media
+            runner.run, url, api_key, definition, reference, prompt, camera, media, audio
         )
     except KeyboardInterrupt:  # the user ended the session: judged like any other end
         code, reason = runner.outcome()
@@ -406,6 +429,21 @@ def _open_camera(device: str, form: str | None, model: ModelDefinition, fps: flo
         raise  # not reached: _fail exits
 
 
+def _audio_source(spec: str) -> AudioSource:
+    """``--audio``: ``tone``, ``mic`` or a WAV file's path."""
+    if spec == "tone":
+        return Tone(440)
+    try:
+        if spec == "mic":
+            return Microphone()
+        return WavSource(spec)
+    except MicrophoneUnavailable as exc:
+        _fail(str(exc))
+        raise  # not reached: _fail exits
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--audio'") from None
+
+
 class _ConnectRun:
     """One ``leanjoin connect``: shows the events, and judges the end (:meth:`outcome`)."""
 
@@ -416,6 +454,7 @@ class _ConnectRun:
         seconds: float | None,
         save_frames: Path | None,
         retry: RetryPolicy,
+        save_audio: Path | None = None,
         timeouts: Timeouts,
         initial_state: bool,
         query_params: Mapping[str, str],
@@ -426,6 +465,7 @@ class _ConnectRun:
         self._json = as_json
         self._seconds = seconds
         self._save = save_frames
+        self._save_audio = save_audio
         self._retry = retry
         self._timeouts = timeouts
         self._console = Console(stderr=as_json)
@@ -494,6 +534,7 @@ class _ConnectRun:
         prompt: str | None,
         camera: VideoSource,
         media: MediaOptions,
+        audio: AudioSource | None = None,
     ) -> tuple[ExitCode, str | None]:
         """Connect, stay, leave; the exit code and its reason (see :meth:`outcome`)."""
         self._start = anyio.current_time()
@@ -519,6 +560,7 @@ class _ConnectRun:
                         image=reference,
                         prompt=prompt,
                         camera=camera,
+                        audio=audio,
                         media=media,
                         retry=self._retry,
                         timeouts=self._timeouts,
@@ -538,6 +580,8 @@ class _ConnectRun:
         async with anyio.create_task_group() as tg:
             if self._save is not None:
                 tg.start_soon(_save_frames, session, self._save)
+            if self._save_audio is not None:
+                tg.start_soon(_save_audio, session, self._save_audio)
             tg.start_soon(self._until_closed, session)
             with anyio.move_on_after(math.inf if self._seconds is None else self._seconds):
                 await self._leave.wait()
@@ -589,6 +633,17 @@ async def _save_frames(session: Session, directory: Path) -> None:
         next_at = now + 1.0
         count += 1
         await anyio.to_thread.run_sync(write_png, directory / f"frame_{count:05d}.png", frame)
+
+
+async def _save_audio(session: Session, path: Path) -> None:
+    # Chunks of 10 ms are small: written on the loop. Closing fixes the header,
+    # also when the session is left by a signal (this task is cancelled).
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(RECEIVED_CHANNELS)
+        out.setsampwidth(2)
+        out.setframerate(RECEIVED_RATE)
+        async for frame in session.audio_frames():
+            out.writeframes(frame.samples.astype("<i2").tobytes())
 
 
 # ---- demo ----------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from leanjoin.engine.client.outputs import (
 from leanjoin.engine.client.session import ClientSession
 from leanjoin.engine.messages import ABSENT, ClientCapabilities
 
+from .audio_sources import AudioFrame, AudioSource
 from .driver import Driver
 from .endpoint import api_key_from_env, default_user_agent, stream_url
 from .errors import (
@@ -66,6 +67,7 @@ from .errors import (
 from .fanout import Fanout
 from .images import ImageInput, file_ref, image_to_base64
 from .models import ModelDefinition, resolve_model
+from .room_audio import AudioFeed
 from .room_transport import CameraFeed, CameraInput, MediaOptions
 from .video_sources import Frame, TestPattern, VideoSource
 from .ws_transport import SocketOptions
@@ -76,6 +78,8 @@ EventCallback = Callable[[Event], object]
 
 # Events kept for the first events() iterator when nobody iterates yet.
 EVENT_BACKLOG: Final = 10_000
+# Model audio chunks (10 ms) kept per audio_frames() reader: 2 s, then the oldest go.
+AUDIO_BUFFER: Final = 200
 
 
 TIMELINE_LENGTH: Final = 1024
@@ -122,10 +126,12 @@ class Session:
         media: MediaOptions,
         socket: SocketOptions,
         on_event: EventCallback | None,
+        audio: AudioSource | None = None,
     ) -> None:
         self._config = config
         self._model = model
         self._camera = CameraFeed(camera)
+        self._audio = None if audio is None else AudioFeed(audio)
         self._on_event_callback = on_event
         self._engine = ClientSession(config)
         self._driver = Driver(
@@ -136,9 +142,12 @@ class Session:
             trace=self._note,
             socket_options=socket,
             media_options=media,
+            audio=self._audio,
+            on_audio=self._on_audio,
         )
         self._events: Fanout[Event] = Fanout(maxlen=None, backlog=EVENT_BACKLOG)
         self._frames: Fanout[Frame] = Fanout(maxlen=2, backlog=1)
+        self._audio_frames: Fanout[AudioFrame] = Fanout(maxlen=AUDIO_BUFFER)
         self._state = ConnectionState.DISCONNECTED
         self._started: SessionStarted | None = None
         self._fatal: ErrorOccurred | None = None
@@ -146,6 +155,7 @@ class Session:
         self._waiters: dict[RequestId, _Waiter] = {}
         self._last_request = 0
         self._streams: set[AttemptId] = set()
+        self._audio_streams: set[AttemptId] = set()
         self._first_frame: set[AttemptId] = set()
         # The newest milestones only: every request adds one, and a session may last hours.
         self._timeline: deque[Milestone] = deque(maxlen=TIMELINE_LENGTH)
@@ -217,6 +227,11 @@ class Session:
         _check_camera(camera)
         await self._driver.camera_applied(self._camera.replace(camera))
 
+    @property
+    def audio(self) -> AudioSource | None:
+        """The local audio source published as the microphone (None: no audio)."""
+        return None if self._audio is None else self._audio.source
+
     # ---- streams ----------------------------------------------------------------------
 
     def events(self) -> AsyncIterator[Event]:
@@ -228,6 +243,12 @@ class Session:
         """Decoded output video of the model as HxWx3 uint8 RGB arrays; a slow
         reader skips frames. Ends when the session ends."""
         return self._frames.subscribe()
+
+    def audio_frames(self) -> AsyncIterator[AudioFrame]:
+        """The model's audio, if it publishes any, in 10 ms chunks of 48 kHz mono
+        int16 (:class:`AudioFrame`) from the time of the call; a reader more
+        than 2 s behind loses the oldest. Ends when the session ends."""
+        return self._audio_frames.subscribe()
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -333,6 +354,8 @@ class Session:
                 async with anyio.create_task_group() as tg:
                     await tg.start(self._driver.run)
                     tg.start_soon(self._camera.run)
+                    if self._audio is not None:
+                        tg.start_soon(self._audio.run)
                     task_status.started()
             except Exception as exc:  # an engine or adapter bug: end the session, say so
                 log.exception("leanjoin session failed internally")
@@ -370,6 +393,7 @@ class Session:
             waiter.done.set()
         self._events.close()
         self._frames.close()
+        self._audio_frames.close()
 
     # ---- from the driver (the engine's task) -----------------------------------------
 
@@ -383,8 +407,8 @@ class Session:
             self._started = event
             self._note(event.attempt, "connected")
             self._settled.set()
-        elif isinstance(event, RemoteStream) and event.kind == "video":
-            self._streams.add(event.attempt)
+        elif isinstance(event, RemoteStream):
+            (self._streams if event.kind == "video" else self._audio_streams).add(event.attempt)
         elif isinstance(event, InitialStateAcked):
             self._note(event.attempt, "initial_state_acked")
         elif isinstance(event, RequestAcked | RequestFailed):
@@ -412,6 +436,11 @@ class Session:
             self._first_frame.add(attempt)
             self._note(attempt, "first_output_frame")
         self._frames.publish(frame)
+
+    def _on_audio(self, attempt: AttemptId, frame: AudioFrame) -> None:
+        # As for video: only the live attempt's model audio.
+        if attempt == self._driver.live_attempt and attempt in self._audio_streams:
+            self._audio_frames.publish(frame)
 
 
 def _check_camera(camera: object) -> None:
@@ -446,6 +475,7 @@ async def connect(
     enhance_prompt: bool | None = None,
     passthrough: bool | None = None,
     camera: CameraInput | None = None,
+    audio: AudioSource | None = None,
     media: MediaOptions | None = None,
     socket: SocketOptions | None = None,
     timeouts: Timeouts | None = None,
@@ -476,7 +506,10 @@ async def connect(
     :class:`StillImage`, ...), read until the session ends or the camera is
     replaced, or a ``livekit.rtc.LocalVideoTrack``, published as it is, whose
     source the caller feeds. Either stays the caller's: leanjoin unpublishes
-    it, never closes or stops it. Raises :class:`ConnectFailed` when the engine gives
+    it, never closes or stops it. ``audio`` (:class:`Tone`, :class:`WavSource`,
+    :class:`Microphone`, ...) is published as a microphone track next to the
+    camera; the model's audio comes out of :meth:`Session.audio_frames`.
+    Raises :class:`ConnectFailed` when the engine gives
     up, :class:`InvalidArgument` (a ``ValueError``) for bad arguments
     (``UnknownModelError`` for a model name, ``ImageError`` for images)
     before anything is opened; every error is a :class:`LeanJoinError`.
@@ -515,6 +548,10 @@ async def connect(
             prompt=prompt,
             enhance_prompt=enhance_prompt,
         )
+        if audio is not None and not isinstance(audio, AudioSource):
+            raise InvalidArgument(
+                f"audio must be an AudioSource (Tone, WavSource, ...), got {audio!r}"
+            )
         if camera is None:
             camera = TestPattern(definition.width, definition.height, fps=definition.fps)
         _check_camera(camera)
@@ -525,6 +562,7 @@ async def connect(
         media=media if media is not None else MediaOptions(),
         socket=socket,
         on_event=on_event,
+        audio=audio,
     )
     # The caller's exception is kept out of the task group (which would wrap it in
     # an ExceptionGroup) and re-raised as itself once everything is closed.

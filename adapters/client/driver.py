@@ -48,7 +48,8 @@ from leanjoin.engine.client.outputs import (
 from leanjoin.engine.client.session import ClientSession, UsageError
 
 from .errors import SessionClosed
-from .room_transport import CameraFeed, MediaOptions, RoomAttempt
+from .room_audio import AudioFeed
+from .room_transport import AudioSink, CameraFeed, MediaOptions, RoomAttempt
 from .video_sources import Frame
 from .ws_transport import SignalSocket, SocketOptions
 
@@ -90,6 +91,8 @@ class Driver:
         trace: Trace,
         socket_options: SocketOptions,
         media_options: MediaOptions,
+        audio: AudioFeed | None = None,
+        on_audio: AudioSink | None = None,
     ) -> None:
         self._engine = engine
         self._camera = camera
@@ -98,6 +101,8 @@ class Driver:
         self._trace = trace
         self._socket_options = socket_options
         self._media_options = media_options
+        self._audio = audio
+        self._on_audio = on_audio
         streams: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]] = (
             anyio.create_memory_object_stream(math.inf)
         )
@@ -224,7 +229,7 @@ class Driver:
             if isinstance(output, EFFECT_TYPES):
                 self._effect(output)  # type: ignore[arg-type]  # narrowed by EFFECT_TYPES
             else:
-                if isinstance(output, RemoteStream) and output.kind == "video":
+                if isinstance(output, RemoteStream):
                     room = self._rooms.get(output.attempt)
                     if room is not None:
                         room.watch(output.track_sid)
@@ -253,7 +258,14 @@ class Driver:
         elif isinstance(effect, ConnectRoom):
             self._trace(attempt, "room_info")
             room = RoomAttempt(
-                effect, self.post, self._camera, self._on_frame, self._media_options, self._trace
+                effect,
+                self.post,
+                self._camera,
+                self._on_frame,
+                self._media_options,
+                self._trace,
+                audio=self._audio,
+                on_audio=self._on_audio,
             )
             self._rooms[attempt] = room
             self._start(room)

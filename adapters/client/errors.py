@@ -19,6 +19,7 @@ __all__ = [
     "ImageError",
     "InvalidArgument",
     "LeanJoinError",
+    "MicrophoneUnavailable",
     "NotConnectedError",
     "RequestError",
     "RequestRejected",
@@ -82,3 +83,8 @@ class UnsupportedImageSource(ImageError):
 class WatchFailed(LeanJoinError):
     """A viewer could not join the room (refused, unreachable, timed out). The
     message is the LiveKit client's reason with the token masked."""
+
+
+class MicrophoneUnavailable(LeanJoinError):
+    """No microphone can be opened: the ``audio`` extra or the system's PortAudio
+    is missing, or the machine has no audio input device. The message says which."""

@@ -6,7 +6,8 @@ or the engine says ``DisconnectRoom``. It reports ``RoomConnected``,
 ``RoomConnectFailed``, ``TracksPublished``, ``PublishFailed``,
 ``RemoteTrackReceived`` (every subscribed track: the engine decides which
 participant is the model) and ``RoomDisconnected`` (room loss only, at most one
-terminal report per attempt).
+terminal report per attempt). With an audio feed it also publishes the
+microphone, after the camera and without holding up ``TracksPublished``.
 
 ``Room.connect`` is not cancellation-safe: cancelled midway, the native side can
 finish connecting with no Python handle left to disconnect it. So the connect
@@ -26,6 +27,7 @@ one unpublished.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Literal, TypeAlias
@@ -50,6 +52,8 @@ from leanjoin.engine.client.inputs import (
 from leanjoin.engine.client.outputs import ConnectRoom
 from leanjoin.engine.validators import one_of, positive
 
+from .audio_sources import AudioFrame
+from .room_audio import AudioFeed, publish_microphone, read_audio
 from .video_sources import Frame, VideoSource
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,7 @@ Post = Callable[[Input], None]
 Trace = Callable[[AttemptId, str], None]
 FrameSink = Callable[[AttemptId, Frame], None]
 CameraInput: TypeAlias = VideoSource | rtc.LocalVideoTrack
+AudioSink = Callable[[AttemptId, AudioFrame], None]
 
 _CODECS: Final = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8}
 _KINDS: Final[dict[int, TrackKind]] = {
@@ -249,6 +254,9 @@ class RoomAttempt:
         on_frame: FrameSink,
         options: MediaOptions = MediaOptions(),
         trace: Trace | None = None,
+        *,
+        audio: AudioFeed | None = None,
+        on_audio: AudioSink | None = None,
     ) -> None:
         self.attempt = effect.attempt
         self._url = effect.livekit_url
@@ -258,13 +266,16 @@ class RoomAttempt:
         self._on_frame = on_frame
         self._options = options
         self._trace = trace
+        self._audio = audio
+        self._on_audio = on_audio
+        self._audio_sink: rtc.AudioSource | None = None
         self._scope = anyio.CancelScope()
         self._publish_requested = anyio.Event()
         self._lost = anyio.Event()
         self._abandoned = False
         self._leaving = False
         self._terminal_reported = False
-        self._tracks: dict[str, rtc.RemoteVideoTrack] = {}
+        self._tracks: dict[str, rtc.RemoteVideoTrack | rtc.RemoteAudioTrack] = {}
         self._watched: set[str] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._done = anyio.Event()
@@ -295,12 +306,16 @@ class RoomAttempt:
         self._publish_requested.set()
 
     def watch(self, track_sid: str) -> None:
-        """Decode the video of ``track_sid`` (a model track the engine announced)."""
+        """Decode the video or audio of ``track_sid`` (a model track the engine announced)."""
         track = self._tracks.get(track_sid)
         if track is None or track_sid in self._watched or self._task_group is None:
             return
         self._watched.add(track_sid)
-        self._task_group.start_soon(self._read_video, track)
+        if isinstance(track, rtc.RemoteVideoTrack):
+            self._task_group.start_soon(self._read_video, track)
+        elif self._on_audio is not None:
+            on_audio = functools.partial(self._on_audio, self.attempt)
+            self._task_group.start_soon(read_audio, track, on_audio)
 
     def disconnect(self) -> None:
         """Leave (idempotent). A connect in progress finishes first, then leaves."""
@@ -388,6 +403,8 @@ class RoomAttempt:
             return True  # lost while publishing: already reported as room loss
         self._post(TracksPublished(self.attempt))
         self._note("tracks_published")
+        if self._audio is not None and self._task_group is not None:
+            self._task_group.start_soon(self._publish_audio, room, self._audio)
         return True
 
     async def _swap_cameras(self, room: rtc.Room) -> None:
@@ -433,6 +450,16 @@ class RoomAttempt:
             with anyio.CancelScope(shield=True):
                 await published.sink.aclose()
 
+    async def _publish_audio(self, room: rtc.Room, feed: AudioFeed) -> None:
+        # The session is usable without it: a failure is logged, not reported.
+        try:
+            self._audio_sink = await publish_microphone(room, feed)
+        except Exception as exc:
+            reason = self._scrub(f"{type(exc).__name__}: {exc}")
+            log.warning("attempt %d: the microphone was not published: %s", self.attempt, reason)
+            return
+        self._note("audio_published")
+
     async def _read_video(self, track: rtc.RemoteVideoTrack) -> None:
         await read_video(
             track,
@@ -453,6 +480,9 @@ class RoomAttempt:
                 log.warning("attempt %d: room disconnect failed: %r", self.attempt, exc)
             if published is not None:
                 await self._close_sink(published)  # a user's track is theirs to stop
+            if self._audio is not None and self._audio_sink is not None:
+                self._audio.detach(self._audio_sink)
+                await self._audio_sink.aclose()
         self._note("room_left")
 
     # ---- room callbacks (run in the room's listener task) -------------------------------
@@ -466,7 +496,7 @@ class RoomAttempt:
         kind = _KINDS.get(track.kind)
         if kind is None or self._leaving:
             return
-        if isinstance(track, rtc.RemoteVideoTrack):
+        if isinstance(track, rtc.RemoteVideoTrack | rtc.RemoteAudioTrack):
             self._tracks[track.sid] = track
         self._post(RemoteTrackReceived(self.attempt, participant.identity, track.sid, kind))
 

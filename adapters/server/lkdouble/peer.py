@@ -3,6 +3,10 @@
 * publisher: the client offers, the double answers and decodes incoming video;
 * subscriber: the double offers the model's echo track, the client answers.
 
+A client that publishes audio gets it back: its decoded audio goes into an
+:class:`AudioEchoTrack` that :meth:`ClientMedia.subscriber_audio_offer` adds to
+the subscriber connection (a renegotiation, Opus only), labelled as the video.
+
 The echo track is labelled the LiveKit way: msid stream id
 ``PA_<participant sid>|TR_<track sid>`` and track id ``TR_<track sid>``. aiortc has
 no public API for either, so the sender's private ``_stream_id``/``_track_id`` are
@@ -18,14 +22,14 @@ import contextlib
 import fractions
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import VideoFrame
+from av import AudioFrame, VideoFrame
 from livekit.protocol import rtc
 
 from . import ice, jitter, sdp
@@ -66,6 +70,34 @@ class EchoTrack(MediaStreamTrack):
         return frame
 
 
+class AudioEchoTrack(MediaStreamTrack):
+    """An audio track that sends the decoded audio frames pushed into it, restamped."""
+
+    kind = "audio"
+
+    def __init__(self, track_sid: str) -> None:
+        super().__init__()
+        self._id = track_sid
+        # 1 s of 20 ms frames: a stalled encoder drops the oldest instead of lagging.
+        self._queue: asyncio.Queue[AudioFrame] = asyncio.Queue(maxsize=50)
+        self._samples = 0
+
+    def push(self, frame: AudioFrame) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(frame)
+
+    async def recv(self) -> Any:
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._queue.get()
+        # The client's RTP clock is not ours: count samples for a gapless timeline.
+        frame.pts = self._samples
+        frame.time_base = fractions.Fraction(1, frame.sample_rate)
+        self._samples += frame.samples
+        return frame
+
+
 class ClientMedia:
     """Both peer connections of one client, confined to loopback ICE."""
 
@@ -75,8 +107,11 @@ class ClientMedia:
         on_frame: Callable[[Frame], Frame | None],
         model_participant_sid: str,
         model_track_sid: str,
+        model_audio_track_sid: str = "",
+        on_audio: Callable[[], None] | None = None,
     ) -> None:
         self._on_frame = on_frame
+        self._on_audio = on_audio
         self._allowed = ice.machine_addresses()
         self.publisher = RTCPeerConnection(ice.rtc_configuration())
         self.subscriber = RTCPeerConnection(ice.rtc_configuration())
@@ -85,12 +120,18 @@ class ClientMedia:
             rtc.PUBLISHER: [],
             rtc.SUBSCRIBER: [],
         }
+        self._participant_sid = model_participant_sid
         self._stream_id = f"{model_participant_sid}|{model_track_sid}"
         self.echo = EchoTrack(model_track_sid)
+        self.audio_echo = AudioEchoTrack(model_audio_track_sid)
+        self.audio_offered = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.publisher.on("track", self._on_track)
 
     def _on_track(self, track: Any) -> None:
+        if track.kind == "audio":
+            self._start(self._consume_audio(track))
+            return
         if track.kind != "video":
             return
         # "track" fires inside setRemoteDescription, before the transports connect:
@@ -100,9 +141,23 @@ class ClientMedia:
             log.warning("no receiver for the client's video track: aiortc's jitter buffer kept")
         else:
             jitter.install(receiver)
-        task = asyncio.get_running_loop().create_task(self._consume(track))
+        self._start(self._consume(track))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _consume_audio(self, track: Any) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if self._on_audio is not None:
+                self._on_audio()
+            if self.audio_offered:
+                self.audio_echo.push(frame)
 
     async def _consume(self, track: Any) -> None:
         while True:
@@ -130,6 +185,19 @@ class ClientMedia:
                 transceiver.setCodecPreferences(
                     [c for c in codecs if c.mimeType in ("video/VP8", "video/rtx")]
                 )
+        await self.subscriber.setLocalDescription(await self.subscriber.createOffer())
+        return self._local_sdp(self.subscriber)
+
+    async def subscriber_audio_offer(self) -> str:
+        """A new subscriber offer that adds the audio echo track (Opus only)."""
+        sender = self.subscriber.addTrack(self.audio_echo)
+        sender._stream_id = f"{self._participant_sid}|{self.audio_echo.id}"
+        sender._track_id = self.audio_echo.id
+        for transceiver in self.subscriber.getTransceivers():
+            if transceiver.sender is sender:
+                codecs = RTCRtpSender.getCapabilities("audio").codecs
+                transceiver.setCodecPreferences([c for c in codecs if c.mimeType == "audio/opus"])
+        self.audio_offered = True
         await self.subscriber.setLocalDescription(await self.subscriber.createOffer())
         return self._local_sdp(self.subscriber)
 
@@ -179,5 +247,6 @@ class ClientMedia:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.echo.stop()
+        self.audio_echo.stop()
         await self.publisher.close()
         await self.subscriber.close()

@@ -3,6 +3,9 @@
 A member that may publish gets the model's output of its own camera; a viewer
 (a subscribe-only grant) gets every output frame of the room, whoever's camera
 it came from (:meth:`RoomHandle.add_viewer`).
+
+The model participant publishes one video track; once a client publishes a
+microphone it also publishes an audio track (the client's audio echoed back).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ Frame = npt.NDArray[np.uint8]
 Transform = Callable[[Frame], Frame | None]
 
 MODEL_TRACK_NAME = "echo"
+MODEL_AUDIO_TRACK_NAME = "echo-audio"
 
 
 def new_sid(prefix: str) -> str:
@@ -72,9 +76,12 @@ class RoomHandle:
         self.model_identity = model_identity
         self.model_participant_sid = new_sid("PA")
         self.model_track_sid = new_sid("TR")
+        self.model_audio_track_sid = new_sid("TR")
         self._created = int(time.time())
         self._transform: Transform | None = None
         self._frames = 0
+        self._audio_frames = 0
+        self._client_track_kinds: list[str] = []
         self._first_frame = asyncio.Event()
         self._publishing = asyncio.Event()
         self._members: set[Member] = set()
@@ -102,6 +109,16 @@ class RoomHandle:
     @property
     def client_video_frames(self) -> int:
         return self._frames
+
+    @property
+    def client_audio_frames(self) -> int:
+        """Audio frames decoded from the clients' microphone tracks."""
+        return self._audio_frames
+
+    @property
+    def client_track_kinds(self) -> tuple[str, ...]:
+        """The kind ("video", "audio") of every track a client asked to publish, in order."""
+        return tuple(self._client_track_kinds)
 
     @property
     def participants(self) -> int:
@@ -153,8 +170,13 @@ class RoomHandle:
                 viewer.push(out)
         return out
 
-    def on_client_publishing(self) -> None:
-        """A client asked to publish a track."""
+    def on_client_audio(self) -> None:
+        """Count a decoded client audio frame (the echo needs no transform)."""
+        self._audio_frames += 1
+
+    def on_client_publishing(self, kind: str = "video") -> None:
+        """A client asked to publish a track of ``kind``."""
+        self._client_track_kinds.append(kind)
         if not self._publishing.is_set():
             self._publishing.set()
             if self.listener is not None:
@@ -172,22 +194,36 @@ class RoomHandle:
     def remove_viewer(self, sink: ViewerSink) -> None:
         self._viewers.discard(sink)
 
-    def model_participant(self) -> models.ParticipantInfo:
-        """The model participant with its one video track, as announced on join."""
-        track = models.TrackInfo(
-            sid=self.model_track_sid,
-            type=models.VIDEO,
-            name=MODEL_TRACK_NAME,
-            source=models.CAMERA,
-            mime_type="video/VP8",
-        )
+    def model_participant(self, *, audio: bool = False) -> models.ParticipantInfo:
+        """The model participant with its video track, as announced on join; with
+        ``audio``, as updated once it publishes its audio track too."""
+        tracks = [
+            models.TrackInfo(
+                sid=self.model_track_sid,
+                type=models.VIDEO,
+                name=MODEL_TRACK_NAME,
+                source=models.CAMERA,
+                mime_type="video/VP8",
+            )
+        ]
+        if audio:
+            tracks.append(
+                models.TrackInfo(
+                    sid=self.model_audio_track_sid,
+                    type=models.AUDIO,
+                    name=MODEL_AUDIO_TRACK_NAME,
+                    source=models.MICROPHONE,
+                    mime_type="audio/opus",
+                )
+            )
         return models.ParticipantInfo(
             sid=self.model_participant_sid,
             identity=self.model_identity,
             name=self.model_identity,
             state=models.ParticipantInfo.ACTIVE,
-            tracks=[track],
+            tracks=tracks,
             joined_at=self._created,
+            version=1 if audio else 0,  # an update must be newer than the join's info
             is_publisher=True,
             permission=models.ParticipantPermission(
                 can_publish=True, can_subscribe=True, can_publish_data=True

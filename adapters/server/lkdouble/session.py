@@ -18,6 +18,11 @@ makes a subscribe-only member. Its subscriber track carries every model output
 frame of the room; its ``add_track`` is refused as a LiveKit server refuses it,
 with a ``request_response`` ``NOT_ALLOWED`` and no ``track_published``.
 
+Audio: a client's first audio ``add_track`` makes the model participant publish
+its audio track: a ``participant_update`` announces it, then a new subscriber
+offer carries it (once the subscriber connection is stable, else after the
+client's answer). Without client audio the signalling is what it was.
+
 VP9/AV1 refusal: aiortc decodes only VP8 and H264. ``add_track`` is always
 answered (withholding ``track_published`` was seen to leave the client's
 ``publish_track`` hanging after the disconnect). When the client's next publisher
@@ -77,6 +82,7 @@ class SignalSession:
         self.sid = new_sid("PA")
         self._media: ClientMedia | None = None
         self._leaving = False
+        self._audio_wanted = False  # the client publishes audio: offer the model's
         self._closed = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -91,6 +97,8 @@ class SignalSession:
                 on_frame=self._room.on_client_frame,
                 model_participant_sid=self._room.model_participant_sid,
                 model_track_sid=self._room.model_track_sid,
+                model_audio_track_sid=self._room.model_audio_track_sid,
+                on_audio=self._room.on_client_audio,
             )
             self._room.attach(self)
             if not self._grant.can_publish:
@@ -171,6 +179,7 @@ class SignalSession:
             await self._send(rtc.SignalResponse(answer=description))
         elif which == "answer":
             await media.subscriber_answered(req.answer.sdp)
+            await self._offer_model_audio()
         elif which == "trickle":
             await media.add_candidate(req.trickle.target, req.trickle.candidateInit)
         elif which == "add_track":
@@ -197,7 +206,7 @@ class SignalSession:
             )
             await self._send(rtc.SignalResponse(request_response=refusal))
             return True
-        self._room.on_client_publishing()
+        self._room.on_client_publishing(_TRACK_KINDS.get(req.type, "data"))
         held = self._publish_delay
         if held > 0 and await self._closed_within(held):
             return False  # the socket closed while the answer was held
@@ -215,7 +224,24 @@ class SignalSession:
         await self._send(
             rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track))
         )
+        if req.type == models.AUDIO:
+            self._audio_wanted = True
+            await self._offer_model_audio()
         return True
+
+    async def _offer_model_audio(self) -> None:
+        """Publish the model's audio to this client, once, when it can be offered."""
+        media = self._media
+        assert media is not None
+        if not self._audio_wanted or media.audio_offered:
+            return
+        if media.subscriber.signalingState != "stable":
+            return  # an offer is out: renegotiate after its answer
+        # The client must know the track before it arrives, or it cannot map it.
+        update = rtc.ParticipantUpdate(participants=[self._room.model_participant(audio=True)])
+        await self._send(rtc.SignalResponse(update=update))
+        offer = await media.subscriber_audio_offer()
+        await self._send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer)))
 
     async def _refuse_codec(self, codec: str) -> bool:
         why = (
@@ -259,6 +285,9 @@ class SignalSession:
             ping_interval=PING_INTERVAL_S,
             ping_timeout=PING_TIMEOUT_S,
         )
+
+
+_TRACK_KINDS = {models.AUDIO: "audio", models.VIDEO: "video"}
 
 
 def _now_ms() -> int:

@@ -80,7 +80,7 @@ if TYPE_CHECKING:
         TestPattern,
         VideoSource,
     )
-    from leanjoin.adapters.client.viewer import Viewer, ViewerStateChanged, watch_room
+    from leanjoin.adapters.client.viewer import Viewer, ViewerStateChanged, watch, watch_room
     from leanjoin.adapters.client.ws_transport import SocketOptions
 
 # Where each name of the anyio client lives (the imports above, at run time).
@@ -115,6 +115,7 @@ _LAZY: Final = {
     "SocketOptions": "ws_transport",
     "Viewer": "viewer",
     "ViewerStateChanged": "viewer",
+    "watch": "viewer",
     "watch_room": "viewer",
 }
 
@@ -197,6 +198,7 @@ __all__ = [
     "is_realtime_model",
     "list_models",
     "open_camera",
+    "watch",
     "watch_credentials",
     "watch_room",
 ]

@@ -29,6 +29,7 @@ from livekit.rtc.participant import PublishTrackError
 
 from leanjoin.adapters import (
     ConnectionState,
+    HttpApiError,
     InvalidArgument,
     LeanJoinError,
     Session,
@@ -36,8 +37,10 @@ from leanjoin.adapters import (
     ViewerStateChanged,
     WatchFailed,
     connect,
+    watch,
     watch_room,
 )
+from leanjoin.adapters.client.viewer import watch_base_url
 from leanjoin.adapters.server.echo_model import (
     colours_close,
     decode_reference,
@@ -46,6 +49,7 @@ from leanjoin.adapters.server.echo_model import (
 )
 from leanjoin.adapters.server.lkdouble import LiveKitDouble
 from leanjoin.adapters.server.reference import ReferenceServer
+from leanjoin.engine.client.session import subscribe_token
 from leanjoin.engine.server.knobs import ServerKnobs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.livekit]
@@ -328,3 +332,69 @@ async def test_cli_watch_leaves_politely_on_sigterm(server: ReferenceServer) -> 
         assert code == 0, lines
         assert "state: disconnected (client_initiated)" in lines
         await until(lambda: handle.viewers == 0)
+
+
+# ---- watch(): a session's subscribe token, as the official clients' subscribe ----------------
+
+
+@pytest.mark.parametrize("where", ["stream_url", "http_api"])
+async def test_watch_with_the_subscribe_token_receives_model_video(
+    server: ReferenceServer, where: str
+) -> None:
+    # The stream URL's host answers /watch-stream (the Python SDK's derivation),
+    # and so does the HTTP API's base URL (the JS client's baseUrl).
+    base = server.url if where == "stream_url" else server.http_url
+    async with connect(server.url, prompt="a castle", **session_args(server)) as session:
+        token = session.subscribe_token
+        assert token
+        async with watch(token, base, api_key=server.api_key) as viewer:
+            assert viewer.room_name == session.room_name
+            await frame_with_band(viewer, "a castle")
+        room = session.room_name
+    await server_idle(server, room)
+
+
+async def test_watch_of_an_unknown_session_or_with_a_bad_key_is_refused_by_the_server(
+    server: ReferenceServer,
+) -> None:
+    token = subscribe_token("leanjoin-no-such-room")
+    with pytest.raises(HttpApiError) as unknown:
+        async with watch(token, server.url, api_key=server.api_key):
+            raise AssertionError("must not join")
+    assert unknown.value.status == 404 and "leanjoin-no-such-room" in str(unknown.value)
+    with pytest.raises(HttpApiError) as refused:
+        async with watch(token, server.url, api_key="not-the-key"):
+            raise AssertionError("must not join")
+    assert refused.value.status == 401 and "not-the-key" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "base"),
+    [
+        (None, None),
+        ("ws://127.0.0.1:8765/v1/stream", "http://127.0.0.1:8765"),
+        ("wss://api3.decart.ai", "https://api3.decart.ai"),
+        ("https://api.example/prefix", "https://api.example/prefix"),
+    ],
+)
+def test_watch_asks_the_host_of_the_url_the_session_used(url: str | None, base: str | None) -> None:
+    assert watch_base_url(url) == base
+
+
+async def test_cli_watch_with_a_subscribe_token(server: ReferenceServer) -> None:
+    async with connect(server.url, prompt="a castle", **session_args(server)) as session:
+        await frame_with_band(session, "a castle")
+        token = session.subscribe_token
+        assert token
+        env = {**watch_env(None), "LEANJOIN_SUBSCRIBE_TOKEN": token}
+        env["LEANJOIN_API_KEY"] = server.api_key
+        with anyio.fail_after(60):
+            done = await anyio.run_process(
+                [str(LEANJOIN), "watch", "--url", server.url, "--seconds", "2"],
+                env=env,
+                check=False,
+            )
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    assert f"watching room {session.room_name}" in out
+    assert server.api_key not in out + err

@@ -6,8 +6,12 @@ after ``--seconds``, when the room is gone (the session ended), or on Ctrl-C /
 SIGTERM. Exit status 0 when video was received, 1 with one line saying why not.
 
 Where the viewer's credentials come from is one function (:func:`_target`):
-today a LiveKit URL and a viewer token (``--token`` or, kept out of shell
-history and ``ps``, ``LEANJOIN_LIVEKIT_TOKEN``); other sources add options there.
+a session's subscribe token (``--subscribe-token`` or
+``LEANJOIN_SUBSCRIBE_TOKEN``), exchanged at ``/watch-stream`` below ``--url``
+(the stream URL the session used, or an HTTP base URL) with the api key of the
+environment; or a LiveKit URL and a viewer token given directly
+(``--livekit-url``, ``--token`` or, kept out of shell history and ``ps``,
+``LEANJOIN_LIVEKIT_TOKEN``).
 """
 
 from __future__ import annotations
@@ -27,13 +31,20 @@ import attrs
 import click
 
 from leanjoin.adapters.client.errors import InvalidArgument, LeanJoinError
+from leanjoin.adapters.client.files import watch_credentials
 from leanjoin.adapters.client.png import write_png
 from leanjoin.adapters.client.video_sources import Frame
-from leanjoin.adapters.client.viewer import Viewer, ViewerStateChanged, watch_room
+from leanjoin.adapters.client.viewer import (
+    Viewer,
+    ViewerStateChanged,
+    watch_base_url,
+    watch_room,
+)
 
 from .main import ExitCode, FiniteFloatRange, _fail
 
 TOKEN_ENV: Final = "LEANJOIN_LIVEKIT_TOKEN"
+SUBSCRIBE_ENV: Final = "LEANJOIN_SUBSCRIBE_TOKEN"
 
 
 @attrs.frozen
@@ -43,6 +54,14 @@ class WatchTarget:
     livekit_url: str
     token: str = attrs.field(repr=False)
     room_name: str | None = None
+
+
+@attrs.frozen
+class SubscribeTarget:
+    """A session to watch by its subscribe token, asked of ``/watch-stream``."""
+
+    subscribe_token: str = attrs.field(repr=False)
+    url: str | None = None
 
 
 @attrs.define
@@ -57,9 +76,19 @@ class Watched:
     last_frame: Frame | None = attrs.field(default=None, repr=False)
 
 
-def _target(livekit_url: str | None, token: str | None) -> WatchTarget:
+def _target(
+    livekit_url: str | None, token: str | None, subscribe_token: str | None, url: str | None
+) -> WatchTarget | SubscribeTarget:
+    if subscribe_token:
+        if livekit_url:
+            _fail("give --subscribe-token or --livekit-url, not both", ExitCode.USAGE)
+        return SubscribeTarget(subscribe_token, url)
     if not livekit_url:
-        _fail("nothing to watch: pass --livekit-url", ExitCode.USAGE)
+        _fail(
+            f"nothing to watch: pass --subscribe-token (or set {SUBSCRIBE_ENV}), "
+            "or --livekit-url with a viewer token",
+            ExitCode.USAGE,
+        )
     if not token:
         _fail(f"no viewer token: pass --token or set {TOKEN_ENV}", ExitCode.USAGE)
     assert livekit_url is not None and token is not None
@@ -74,6 +103,17 @@ EXIT_STATUS: Final = (
 
 
 @click.command("watch", epilog=EXIT_STATUS)
+@click.option(
+    "--subscribe-token",
+    envvar=SUBSCRIBE_ENV,
+    show_envvar=True,
+    help="The session's subscribe token (its session_started event shows it).",
+)
+@click.option(
+    "--url",
+    help="Where to exchange it: the stream URL the session connected to, or an HTTP "
+    "base URL [default: the service's].",
+)
 @click.option("--livekit-url", help="The session room's LiveKit URL (ws:// or wss://).")
 @click.option(
     "--token",
@@ -99,6 +139,8 @@ EXIT_STATUS: Final = (
     help="Write the last frame received to this PNG file.",
 )
 def watch(
+    subscribe_token: str | None,
+    url: str | None,
     livekit_url: str | None,
     token: str | None,
     seconds: float | None,
@@ -106,7 +148,7 @@ def watch(
     save_frame: Path | None,
 ) -> None:
     """Watch a running session's model output as a viewer (publishes nothing)."""
-    target = _target(livekit_url, token)
+    target = _target(livekit_url, token, subscribe_token, url)
     if not logging.getLogger().isEnabledFor(logging.INFO):
         # Without -v: a refused join is reported in one line below, not also as the
         # native client's own ERROR lines about each signal path it tried.
@@ -137,7 +179,14 @@ def watch(
         _fail(f"no video from {room}: {why}")
 
 
-async def _watch(target: WatchTarget, seconds: float | None, video_timeout: float) -> Watched:
+async def _watch(
+    target: WatchTarget | SubscribeTarget, seconds: float | None, video_timeout: float
+) -> Watched:
+    if isinstance(target, SubscribeTarget):
+        credentials = await watch_credentials(
+            target.subscribe_token, base_url=watch_base_url(target.url)
+        )
+        target = WatchTarget(credentials.livekit_url, credentials.token, credentials.room_name)
     watched = Watched(room_name=target.room_name)
     stop = anyio.Event()
 

@@ -15,8 +15,6 @@ quote the api key or a token.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import mimetypes
 import os
@@ -29,6 +27,7 @@ import anyio.to_thread
 import attrs
 import httpx
 
+from leanjoin.engine.client.session import NotASubscribeToken, room_of_subscribe_token
 from leanjoin.engine.errors import InvalidArgument, LeanJoinError
 
 from .endpoint import API_KEY_ENV_VARS, api_key_from_env, default_user_agent
@@ -354,19 +353,15 @@ class FilesClient:
 
 
 def room_of(subscribe_token_or_room: str) -> str:
-    """The room a subscribe token names (base64 of ``{"room_name": ...}``, as
-    ``SessionStarted.subscribe_token``), or the argument itself, a room name."""
+    """The room a subscribe token names (``SessionStarted.subscribe_token``),
+    or the argument itself when it is no token at all: a room name."""
     value = subscribe_token_or_room.strip()
     if not value:
         raise InvalidArgument("no room: the subscribe token or room name is empty")
     try:
-        payload = json.loads(base64.b64decode(value, validate=True))
-    except (binascii.Error, ValueError):
-        return value  # not a token: a room name
-    room = payload.get("room_name") if isinstance(payload, dict) else None
-    if not isinstance(room, str) or not room:
-        raise InvalidArgument("the subscribe token names no room (no room_name)")
-    return room
+        return room_of_subscribe_token(value)
+    except NotASubscribeToken:
+        return value
 
 
 async def watch_credentials(

@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -28,6 +29,7 @@ from leanjoin.engine.client.outputs import ConnectionState
 
 from .errors import InvalidArgument, WatchFailed
 from .fanout import Fanout
+from .files import watch_credentials
 from .room_transport import MediaOptions, connect_shielded, read_video, reason_name
 from .video_sources import Frame
 
@@ -275,3 +277,49 @@ async def watch_room(
             tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
+
+
+def watch_base_url(url: str | None) -> str | None:
+    """Where ``/watch-stream`` is asked, given what ``connect`` was given: a
+    stream or realtime URL (``ws[s]://host/...``) means its host over HTTP(S),
+    as the Python SDK derives it; an ``http[s]://`` base URL is used as it is;
+    None means the service's (``watch_credentials``' default)."""
+    if url is None:
+        return None
+    parts = urlsplit(url.strip())
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme)
+    if scheme is None:
+        return url
+    if not parts.netloc:
+        raise InvalidArgument(f"not a URL with a host: {url!r}")
+    return f"{scheme}://{parts.netloc}"
+
+
+@asynccontextmanager
+async def watch(
+    subscribe_token: str,
+    url: str | None = None,
+    *,
+    api_key: str | None = None,
+    integration: str | None = None,
+    on_event: ViewerEventCallback | None = None,
+    media: MediaOptions | None = None,
+) -> AsyncIterator[Viewer]:
+    """Watch a running session with its subscribe token (``Session.subscribe_token``),
+    as the JS client's ``subscribe``: the room's viewer credentials are asked of
+    ``/watch-stream`` (below ``url``'s host: the stream URL ``connect`` used, or
+    an HTTP base URL; default the service's), then the room is joined as in
+    :func:`watch_room`. ``api_key`` as in ``connect`` (or the environment).
+    Raises :class:`InvalidArgument`, ``HttpApiError`` (the server refused:
+    unknown room, bad key) or :class:`WatchFailed`; none quotes a secret."""
+    credentials = await watch_credentials(
+        subscribe_token, base_url=watch_base_url(url), api_key=api_key, integration=integration
+    )
+    async with watch_room(
+        credentials.livekit_url,
+        credentials.token,
+        room_name=credentials.room_name,
+        on_event=on_event,
+        media=media,
+    ) as viewer:
+        yield viewer

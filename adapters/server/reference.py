@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import itertools
+import json
 import logging
 import secrets
 import shutil
@@ -30,7 +32,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 import attrs
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -72,7 +74,7 @@ from leanjoin.engine.server.session import ServerSession
 
 from .echo_model import Swatch, decode_reference, echo_transform, swatch
 from .file_store import FileStore
-from .http_api import HttpApi, make_app
+from .http_api import WATCH_PATH, HttpApi, make_app
 from .lkdouble import LiveKitDouble, RoomHandle
 from .reading import Prefetching, Uplink, UplinkConnection, receive
 from .shared_rooms import SharedRooms
@@ -389,9 +391,29 @@ class ReferenceServer:
 
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
+        if request.method == "POST" and path.startswith(WATCH_PATH + "/"):
+            return self._watch_stream(connection, request, path)
         if not path.startswith(STREAM_PATH):
             return connection.respond(404, f"not found: the stream endpoint is {STREAM_PATH}\n")
         return None
+
+    def _watch_stream(self, connection: ServerConnection, request: Request, path: str) -> Response:
+        """``POST /watch-stream/{room}`` on the stream's port too: the Python SDK
+        derives that URL from the realtime one (wss:// -> https://, same host),
+        where the JS client takes its base URL. Bodiless, so websockets parses it."""
+        given = request.headers.get("X-API-KEY", "").encode()
+        if not hmac.compare_digest(given, self.__api_key.encode()):
+            return connection.respond(401, "unauthorized: invalid api key (send X-API-KEY)\n")
+        room_name = unquote(path[len(WATCH_PATH) + 1 :])
+        minted = self._viewer_credentials(room_name) if room_name else None
+        if minted is None:
+            return connection.respond(404, f"room {room_name[:64]!r} not found\n")
+        livekit_url, token = minted
+        body = json.dumps({"livekit_url": livekit_url, "token": token, "room_name": room_name})
+        response = connection.respond(200, body)
+        response.headers["Content-Type"] = "application/json"
+        log.info("viewer token minted for room %r", room_name)
+        return response
 
     async def _serve(self, socket: ServerConnection) -> None:
         number = next(self._numbers)

@@ -191,6 +191,10 @@ def subscribe_token(room_name: str) -> str:
     ).decode()
 
 
+class NotASubscribeToken(InvalidArgument):
+    """The text is no subscribe token at all (not base64 of a JSON object)."""
+
+
 def room_of_subscribe_token(token: str) -> str:
     """The room a subscribe token names (what :func:`subscribe_token` wrote).
 
@@ -204,7 +208,7 @@ def room_of_subscribe_token(token: str) -> str:
     try:
         payload = json.loads(base64.b64decode(standard, validate=True))
     except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise InvalidArgument(
+        raise NotASubscribeToken(
             'subscribe token is not base64 of a JSON object {"room_name": ...}'
         ) from None
     room = payload.get("room_name") if isinstance(payload, dict) else None

@@ -13,9 +13,11 @@ import datetime
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -466,14 +468,40 @@ def test_serve_workers_answer_watch_stream_for_each_others_rooms() -> None:
 
 def test_shared_rooms_are_noted_and_forgotten_in_order(tmp_path: Path) -> None:
     rooms, other = SharedRooms(tmp_path), SharedRooms(tmp_path)
-    for round_ in range(50):  # a note and its removal never swap places
+    for round_ in range(50):  # the last word on a room wins
         rooms.note("leanjoin-1", f"ws://127.0.0.1:{round_}")
         rooms.forget("leanjoin-1")
     rooms.note("leanjoin-2", "ws://127.0.0.1:7880")
     rooms.note("../escape", "ws://x")  # no file name: ignored
-    rooms.close()
     assert other.find("leanjoin-2") == "ws://127.0.0.1:7880"
     assert other.find("leanjoin-1") is None and other.find("../escape") is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["leanjoin-2"]
+    assert rooms.find("leanjoin-2") == "ws://127.0.0.1:7880"
+    rooms.close()  # a stopped worker's rooms are gone with it
+    assert other.find("leanjoin-2") is None
     rooms.note("leanjoin-3", "ws://late")  # after close: dropped, no error
+    other.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_shared_rooms_batch_their_writes_on_an_event_loop(tmp_path: Path) -> None:
+    # A burst of sessions rewrites the worker's file once, not once per room.
+    rooms, other = SharedRooms(tmp_path), SharedRooms(tmp_path)
+    writes = 0
+    real_replace = os.replace
+
+    def counting_replace(source: Any, target: Any) -> None:
+        nonlocal writes
+        writes += 1
+        real_replace(source, target)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", counting_replace)
+        for index in range(200):
+            rooms.note(f"leanjoin-{index}", "ws://127.0.0.1:7880")
+        assert other.find("leanjoin-0") is None  # not written yet
+        with anyio.fail_after(WAIT):
+            while other.find("leanjoin-199") is None:
+                await anyio.sleep(0.02)
+    assert writes == 1
+    rooms.close()
     other.close()

@@ -43,7 +43,7 @@ _IMAGE_TYPES: Final = {"PNG": "image/png", "JPEG": "image/jpeg"}
 _CHUNK: Final = 1 << 16
 _FIELD_BYTES: Final = 64  # a form field other than the file (ttl_seconds) is short
 
-ViewerMinter = Callable[[str], tuple[str, str] | None]
+ViewerMinter = Callable[[str], Awaitable[tuple[str, str] | None]]
 """Given a room name: (LiveKit URL, subscribe-only token), or None: no such room."""
 
 _API_KEY: Final = web.AppKey("api_key", str)
@@ -168,7 +168,7 @@ async def _delete(request: web.Request) -> web.Response:
 
 async def _watch_stream(request: web.Request) -> web.Response:
     room_name = request.match_info["room_name"]
-    minted = request.app[_VIEWERS](room_name)
+    minted = await request.app[_VIEWERS](room_name)
     if minted is None:
         return _problem(404, f"room {room_name[:64]!r} not found (no session streams in it)")
     livekit_url, token = minted

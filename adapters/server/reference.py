@@ -340,15 +340,14 @@ class ReferenceServer:
         self._http = HttpApi(app, self._host, self._http_port, reuse_port=self._reuse_port)
         await self._http.start()
 
-    def _viewer_credentials(self, room_name: str) -> tuple[str, str] | None:
+    async def _viewer_credentials(self, room_name: str) -> tuple[str, str] | None:
         """A viewer's LiveKit URL and subscribe-only token, if a session has this
         room (here, or in another worker's double)."""
+        livekit_url: str | None = None
         if self._livekit.find_room(room_name) is not None:
-            livekit_url: str | None = self._livekit.url
+            livekit_url = self._livekit.url
         elif self._shared_rooms is not None:
-            livekit_url = self._shared_rooms.find(room_name)
-        else:
-            livekit_url = None
+            livekit_url = await self._shared_rooms.lookup(room_name)
         if livekit_url is None:
             return None
         return livekit_url, self._livekit.mint_viewer_token(room=room_name)
@@ -377,7 +376,7 @@ class ReferenceServer:
         if self._http is not None:
             await self._http.aclose()
         if self._shared_rooms is not None:
-            await asyncio.to_thread(self._shared_rooms.close)
+            self._shared_rooms.close()
         if self._own_files_dir is not None:
             shutil.rmtree(self._own_files_dir, ignore_errors=True)
         for task in list(self._background):
@@ -389,15 +388,17 @@ class ReferenceServer:
 
     # ---- the socket -------------------------------------------------------------------
 
-    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if request.method == "POST" and path.startswith(WATCH_PATH + "/"):
-            return self._watch_stream(connection, request, path)
+            return await self._watch_stream(connection, request, path)
         if not path.startswith(STREAM_PATH):
             return connection.respond(404, f"not found: the stream endpoint is {STREAM_PATH}\n")
         return None
 
-    def _watch_stream(self, connection: ServerConnection, request: Request, path: str) -> Response:
+    async def _watch_stream(
+        self, connection: ServerConnection, request: Request, path: str
+    ) -> Response:
         """``POST /watch-stream/{room}`` on the stream's port too: the Python SDK
         derives that URL from the realtime one (wss:// -> https://, same host),
         where the JS client takes its base URL. Bodiless, so websockets parses it."""
@@ -405,7 +406,7 @@ class ReferenceServer:
         if not hmac.compare_digest(given, self.__api_key.encode()):
             return connection.respond(401, "unauthorized: invalid api key (send X-API-KEY)\n")
         room_name = unquote(path[len(WATCH_PATH) + 1 :])
-        minted = self._viewer_credentials(room_name) if room_name else None
+        minted = await self._viewer_credentials(room_name) if room_name else None
         if minted is None:
             return connection.respond(404, f"room {room_name[:64]!r} not found\n")
         livekit_url, token = minted

@@ -29,12 +29,24 @@ from leanjoin.adapters.client.models import (
     is_realtime_model,
     list_models,
 )
+from leanjoin.adapters.client.observability import (
+    ConnectBreakdown,
+    ConnectionQuality,
+    ConnectionQualityChanged,
+    InboundVideoStats,
+    ObservabilityEvent,
+    OutboundVideoStats,
+    Reconnected,
+    SessionEvent,
+    VideoStall,
+    VideoStallEnded,
+    WebRtcStats,
+)
 from leanjoin.engine.client.config import RetryPolicy, Timeouts
 from leanjoin.engine.client.outputs import (
     ConnectionState,
     ErrorKind,
     ErrorOccurred,
-    Event,
     GenerationStopped,
     GenerationTicked,
     InitialStateAcked,
@@ -47,6 +59,10 @@ from leanjoin.engine.client.outputs import (
     StateChanged,
 )
 from leanjoin.engine.client.session import NotConnectedError, UsageError
+
+# What a session delivers (``Session.events()``, ``on_event``): the engine's
+# events and the adapters' observability events.
+Event = SessionEvent
 
 if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
@@ -92,7 +108,10 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ArraySource",
+    "ConnectBreakdown",
     "ConnectFailed",
+    "ConnectionQuality",
+    "ConnectionQualityChanged",
     "ConnectionState",
     "ErrorKind",
     "ErrorOccurred",
@@ -102,6 +121,7 @@ __all__ = [
     "GenerationStopped",
     "GenerationTicked",
     "ImageError",
+    "InboundVideoStats",
     "InitialStateAcked",
     "InvalidArgument",
     "LeanJoinError",
@@ -110,7 +130,10 @@ __all__ = [
     "ModelDefinition",
     "ModelDeprecationWarning",
     "NotConnectedError",
+    "ObservabilityEvent",
+    "OutboundVideoStats",
     "QueuePositionChanged",
+    "Reconnected",
     "RemoteStream",
     "RequestAcked",
     "RequestError",
@@ -121,6 +144,7 @@ __all__ = [
     "RetryScheduled",
     "Session",
     "SessionClosed",
+    "SessionEvent",
     "SessionStarted",
     "SocketOptions",
     "StateChanged",
@@ -130,6 +154,9 @@ __all__ = [
     "UnsupportedImageSource",
     "UsageError",
     "VideoSource",
+    "VideoStall",
+    "VideoStallEnded",
+    "WebRtcStats",
     "connect",
     "image_to_base64",
     "is_realtime_model",

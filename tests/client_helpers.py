@@ -60,7 +60,7 @@ async def until(predicate: Callable[[], bool]) -> None:
 
 
 _CLIENT_MODULES = {"api.py", "driver.py", "ws_transport.py", "room_transport.py", "fanout.py"}
-_CLIENT_MODULES |= {"video_sources.py"}
+_CLIENT_MODULES |= {"video_sources.py", "diagnostics.py"}
 
 
 def _is_client_coroutine(coro: Any) -> bool:

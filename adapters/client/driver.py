@@ -48,7 +48,7 @@ from leanjoin.engine.client.outputs import (
 from leanjoin.engine.client.session import ClientSession, UsageError
 
 from .errors import SessionClosed
-from .room_transport import CameraFeed, MediaOptions, RoomAttempt
+from .room_transport import CameraFeed, MediaOptions, Observe, RoomAttempt
 from .video_sources import Frame
 from .ws_transport import SignalSocket, SocketOptions
 
@@ -90,6 +90,8 @@ class Driver:
         trace: Trace,
         socket_options: SocketOptions,
         media_options: MediaOptions,
+        observe: Observe | None = None,
+        stats_interval: float | None = None,
     ) -> None:
         self._engine = engine
         self._camera = camera
@@ -98,6 +100,8 @@ class Driver:
         self._trace = trace
         self._socket_options = socket_options
         self._media_options = media_options
+        self._observe = observe
+        self._stats_interval = stats_interval
         streams: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]] = (
             anyio.create_memory_object_stream(math.inf)
         )
@@ -112,6 +116,9 @@ class Driver:
         self._pending_calls: set[_Call] = set()
         self._stopped = False
         self.live_attempt: AttemptId | None = None
+        # The input the engine is handling while its events are handed on (None: a
+        # user command or a tick): diagnostics read why a connection was lost.
+        self.handling: Input | None = None
 
     # ---- entry points for other tasks ---------------------------------------------------
 
@@ -188,6 +195,7 @@ class Driver:
         else:
             # A UsageError here is an adapter bug: let it end the session loudly.
             outputs = self._engine.handle(item, now)
+        self.handling = item if not isinstance(item, _Call | _Tick) else None
         self._perform(outputs)
         self.live_attempt = self._engine.attempt
         self._arm(self._engine.get_timer())
@@ -246,7 +254,14 @@ class Driver:
         elif isinstance(effect, ConnectRoom):
             self._trace(attempt, "room_info")
             room = RoomAttempt(
-                effect, self.post, self._camera, self._on_frame, self._media_options, self._trace
+                effect,
+                self.post,
+                self._camera,
+                self._on_frame,
+                self._media_options,
+                self._trace,
+                observe=self._observe,
+                stats_interval=self._stats_interval,
             )
             self._rooms[attempt] = room
             self._start(room)

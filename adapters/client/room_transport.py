@@ -14,6 +14,10 @@ runs shielded (bounded by ``connect_timeout``); an attempt abandoned meanwhile
 lets it finish and then disconnects. Every exit path — failure, abandonment,
 cancellation — ends in an explicit, shielded ``await room.disconnect()``.
 
+Observations (``observe``) are not engine inputs: LiveKit's verdict on the
+local participant's connection, and, every ``stats_interval`` seconds once the
+room is connected, a sample of its WebRTC statistics.
+
 :class:`CameraFeed` pumps one local video source into the published track of
 whichever attempts are live; each attempt gets a fresh ``rtc.VideoSource``.
 """
@@ -44,6 +48,8 @@ from leanjoin.engine.client.inputs import (
 from leanjoin.engine.client.outputs import ConnectRoom
 from leanjoin.engine.validators import one_of, positive
 
+from .observability import ConnectionQuality, ConnectionQualityChanged, ObservabilityEvent
+from .rtc_stats import StatsSampler
 from .video_sources import Frame, VideoSource
 
 log = logging.getLogger(__name__)
@@ -51,11 +57,18 @@ log = logging.getLogger(__name__)
 Post = Callable[[Input], None]
 Trace = Callable[[AttemptId, str], None]
 FrameSink = Callable[[AttemptId, Frame], None]
+Observe = Callable[[ObservabilityEvent], None]
 
 _CODECS: Final = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8}
 _KINDS: Final[dict[int, TrackKind]] = {
     rtc.TrackKind.KIND_VIDEO: "video",
     rtc.TrackKind.KIND_AUDIO: "audio",
+}
+_QUALITIES: Final = {
+    rtc.ConnectionQuality.QUALITY_EXCELLENT: ConnectionQuality.EXCELLENT,
+    rtc.ConnectionQuality.QUALITY_GOOD: ConnectionQuality.GOOD,
+    rtc.ConnectionQuality.QUALITY_POOR: ConnectionQuality.POOR,
+    rtc.ConnectionQuality.QUALITY_LOST: ConnectionQuality.LOST,
 }
 
 
@@ -145,6 +158,9 @@ class RoomAttempt:
         on_frame: FrameSink,
         options: MediaOptions = MediaOptions(),
         trace: Trace | None = None,
+        *,
+        observe: Observe | None = None,
+        stats_interval: float | None = None,
     ) -> None:
         self.attempt = effect.attempt
         self._url = effect.livekit_url
@@ -154,6 +170,8 @@ class RoomAttempt:
         self._on_frame = on_frame
         self._options = options
         self._trace = trace
+        self._observe = observe
+        self._stats_interval = stats_interval if observe is not None else None
         self._scope = anyio.CancelScope()
         self._publish_requested = anyio.Event()
         self._lost = anyio.Event()
@@ -200,12 +218,15 @@ class RoomAttempt:
         room = rtc.Room()
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("disconnected", self._on_disconnected)
+        room.on("connection_quality_changed", self._on_connection_quality)
         sink: rtc.VideoSource | None = None
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
                     self._task_group = tg
                     if await self._connect(room):
+                        if self._stats_interval is not None:
+                            tg.start_soon(self._sample_stats, room, self._stats_interval)
                         await self._publish_requested.wait()
                         sink = await self._publish(room)
                         if sink is not None:
@@ -281,6 +302,18 @@ class RoomAttempt:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 await stream.aclose()
 
+    async def _sample_stats(self, room: rtc.Room, interval: float) -> None:
+        assert self._observe is not None
+        sampler = StatsSampler()
+        while True:
+            await anyio.sleep(interval)
+            try:
+                stats = await room.get_rtc_stats()
+            except Exception as exc:  # the room is going away; the next sample may work
+                log.debug("attempt %d: no WebRTC stats: %r", self.attempt, exc)
+                continue
+            self._observe(sampler.sample(self.attempt, anyio.current_time(), stats))
+
     async def _leave(self, room: rtc.Room, sink: rtc.VideoSource | None) -> None:
         self._leaving = True
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._options.disconnect_timeout):
@@ -309,6 +342,15 @@ class RoomAttempt:
         if isinstance(track, rtc.RemoteVideoTrack):
             self._tracks[track.sid] = track
         self._post(RemoteTrackReceived(self.attempt, participant.identity, track.sid, kind))
+
+    def _on_connection_quality(
+        self, participant: rtc.Participant | None, quality: rtc.ConnectionQuality
+    ) -> None:
+        verdict = _QUALITIES.get(quality)  # QUALITY_UNKNOWN: nothing said yet
+        if self._observe is None or self._leaving or verdict is None:
+            return
+        if isinstance(participant, rtc.LocalParticipant):
+            self._observe(ConnectionQualityChanged(self.attempt, verdict))
 
     def _on_disconnected(self, reason: Any) -> None:
         if self._leaving:

@@ -89,11 +89,11 @@ async def test_webrtc_stats_events(server: ReferenceServer) -> None:
 
 
 @pytest.mark.anyio
-async def test_no_stats_events_when_disabled(server: ReferenceServer) -> None:
+@pytest.mark.parametrize("off", [{"stats_interval": None}, {}], ids=["none", "default"])
+async def test_no_stats_events_when_disabled(server: ReferenceServer, off: dict[str, Any]) -> None:
+    # Off by default: see observability.DEFAULT_STATS_INTERVAL on the native abort.
     events: list[Event] = []
-    async with connect(
-        server.url, prompt="quiet", **args(server, events, stats_interval=None)
-    ) as s:
+    async with connect(server.url, prompt="quiet", **args(server, events, **off)) as s:
         await frame_with_band(s, "quiet")
         await anyio.sleep(1.5)  # three intervals of the fastest sampling allowed
     assert of(events, SessionStarted) and not of(events, WebRtcStats)

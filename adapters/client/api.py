@@ -73,7 +73,6 @@ from .images import ImageInput, file_ref, image_to_base64
 from .models import ModelDefinition, resolve_model
 from .observability import (
     DEFAULT_STALL_THRESHOLD,
-    DEFAULT_STATS_INTERVAL,
     MIN_STATS_INTERVAL,
     ObservabilityEvent,
     SessionEvent,
@@ -134,7 +133,7 @@ class Session:
         media: MediaOptions,
         socket: SocketOptions,
         on_event: EventCallback | None,
-        stats_interval: float | None = DEFAULT_STATS_INTERVAL,
+        stats_interval: float | None = None,
         stall_threshold: float | None = DEFAULT_STALL_THRESHOLD,
     ) -> None:
         self._config = config
@@ -154,8 +153,8 @@ class Session:
             stats_interval=stats_interval,
         )
         self._events: Fanout[SessionEvent] = Fanout(maxlen=None, backlog=EVENT_BACKLOG)
-        self._diagnostics = ConnectDiagnostics(self._observe)
-        self._stalls = StallWatch(stall_threshold, self._observe)
+        self._diagnostics = ConnectDiagnostics(self._diagnose)
+        self._stalls = StallWatch(stall_threshold, self._diagnose)
         self._queued: set[AttemptId] = set()
         self._frames: Fanout[Frame] = Fanout(maxlen=2, backlog=1)
         self._state = ConnectionState.DISCONNECTED
@@ -416,8 +415,13 @@ class Session:
                 log.exception("on_event callback raised for %s", type(event).__name__)
 
     def _observe(self, event: ObservabilityEvent) -> None:
-        # Measured by the transports and the stall watch: the live attempt's only.
-        if not self._closed and event.attempt == self._driver.live_attempt:
+        # Measured by a room: the live attempt's only (a stale room may still sample).
+        if event.attempt == self._driver.live_attempt:
+            self._diagnose(event)
+
+    def _diagnose(self, event: ObservabilityEvent) -> None:
+        # Made of the engine's events and the live attempt's frames: already current.
+        if not self._closed:
             self._emit(event)
 
     def _on_frame(self, attempt: AttemptId, frame: Frame) -> None:
@@ -480,7 +484,7 @@ async def connect(
     user_agent: str | None = None,
     frame_timing: bool | None = None,
     on_event: EventCallback | None = None,
-    stats_interval: float | None = DEFAULT_STATS_INTERVAL,
+    stats_interval: float | None = None,
     stall_threshold: float | None = DEFAULT_STALL_THRESHOLD,
     shutdown_timeout: float = 10.0,
 ) -> AsyncIterator[Session]:
@@ -503,8 +507,10 @@ async def connect(
     before anything is opened; every error is a :class:`LeanJoinError`.
 
     Observability (:mod:`~leanjoin.adapters.client.observability`): a
-    ``WebRtcStats`` event every ``stats_interval`` seconds (at least 0.5;
-    None: none), ``ConnectionQualityChanged`` as the media server judges the
+    ``WebRtcStats`` event every ``stats_interval`` seconds (at least 0.5; the
+    JS client samples every ``DEFAULT_STATS_INTERVAL`` = 1 s), off by default
+    (see the module's note: livekit 1.2.1 can abort the process while
+    sampling); ``ConnectionQualityChanged`` as the media server judges the
     connection, a ``ConnectBreakdown`` per connect, ``Reconnected`` after a
     mended loss, and ``VideoStall`` / ``VideoStallEnded`` when no model frame
     came for ``stall_threshold`` seconds (None: never judged).

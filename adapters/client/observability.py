@@ -25,6 +25,12 @@ from leanjoin.engine.client.outputs import ErrorKind
 from leanjoin.engine.client.outputs import Event as EngineEvent
 
 # As the JS client: a stats sample every second (it allows no less than 0.5 s).
+# Sampling is off unless asked for (``connect(stats_interval=...)``): livekit
+# 1.2.1's native client was seen to abort the whole process (a Rust panic on an
+# "invalid number" in libwebrtc's stats JSON) when sampled around a room leave
+# soon after connecting; leanjoin never leaves a room with a sample in flight,
+# which made it rare, not impossible (tests/test_fault_matrix.py row C8, with
+# stats on: about one run in three).
 DEFAULT_STATS_INTERVAL: Final = 1.0
 MIN_STATS_INTERVAL: Final = 0.5
 # The JS client calls the video stalled below 0.5 decoded frames per second,

@@ -64,6 +64,8 @@ _KINDS: Final[dict[int, TrackKind]] = {
     rtc.TrackKind.KIND_VIDEO: "video",
     rtc.TrackKind.KIND_AUDIO: "audio",
 }
+# A stats request answers in milliseconds; this only bounds a stuck one.
+STATS_TIMEOUT: Final = 5.0
 _QUALITIES: Final = {
     rtc.ConnectionQuality.QUALITY_EXCELLENT: ConnectionQuality.EXCELLENT,
     rtc.ConnectionQuality.QUALITY_GOOD: ConnectionQuality.GOOD,
@@ -307,8 +309,16 @@ class RoomAttempt:
         sampler = StatsSampler()
         while True:
             await anyio.sleep(interval)
+            if self._lost.is_set():
+                return  # a closing peer connection is no place to ask for stats
+            if not room.isconnected():
+                continue  # LiveKit is resuming the connection: ask again later
             try:
-                stats = await room.get_rtc_stats()
+                # Shielded: a stats request still in flight when the room is left
+                # aborts the process (livekit 1.2.1 panics parsing that answer), so
+                # the leave waits for it (run's task group ends before _leave).
+                with anyio.CancelScope(shield=True), anyio.fail_after(STATS_TIMEOUT):
+                    stats = await room.get_rtc_stats()
             except Exception as exc:  # the room is going away; the next sample may work
                 log.debug("attempt %d: no WebRTC stats: %r", self.attempt, exc)
                 continue

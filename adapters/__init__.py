@@ -32,12 +32,24 @@ from leanjoin.adapters.client.models import (
     is_realtime_model,
     list_models,
 )
+from leanjoin.adapters.client.observability import (
+    ConnectBreakdown,
+    ConnectionQuality,
+    ConnectionQualityChanged,
+    InboundVideoStats,
+    ObservabilityEvent,
+    OutboundVideoStats,
+    Reconnected,
+    SessionEvent,
+    VideoStall,
+    VideoStallEnded,
+    WebRtcStats,
+)
 from leanjoin.engine.client.config import RetryPolicy, Timeouts
 from leanjoin.engine.client.outputs import (
     ConnectionState,
     ErrorKind,
     ErrorOccurred,
-    Event,
     GenerationStopped,
     GenerationTicked,
     InitialStateAcked,
@@ -50,6 +62,10 @@ from leanjoin.engine.client.outputs import (
     StateChanged,
 )
 from leanjoin.engine.client.session import NotConnectedError, UsageError
+
+# What a session delivers (``Session.events()``, ``on_event``): the engine's
+# events and the adapters' observability events.
+Event = SessionEvent
 
 if TYPE_CHECKING:
     from leanjoin.adapters.client.api import Milestone, Session, connect
@@ -140,7 +156,10 @@ __all__ = [
     "Camera",
     "CameraError",
     "CameraInput",
+    "ConnectBreakdown",
     "ConnectFailed",
+    "ConnectionQuality",
+    "ConnectionQualityChanged",
     "ConnectionState",
     "ConnectivityReport",
     "ErrorKind",
@@ -155,6 +174,7 @@ __all__ = [
     "GenerationTicked",
     "HttpApiError",
     "ImageError",
+    "InboundVideoStats",
     "InitialStateAcked",
     "InvalidArgument",
     "LeanJoinError",
@@ -165,7 +185,10 @@ __all__ = [
     "ModelDefinition",
     "ModelDeprecationWarning",
     "NotConnectedError",
+    "ObservabilityEvent",
+    "OutboundVideoStats",
     "QueuePositionChanged",
+    "Reconnected",
     "RemoteStream",
     "RequestAcked",
     "RequestError",
@@ -176,6 +199,7 @@ __all__ = [
     "RetryScheduled",
     "Session",
     "SessionClosed",
+    "SessionEvent",
     "SessionStarted",
     "SocketOptions",
     "StateChanged",
@@ -187,11 +211,14 @@ __all__ = [
     "UnsupportedImageSource",
     "UsageError",
     "VideoSource",
+    "VideoStall",
+    "VideoStallEnded",
     "Viewer",
     "ViewerStateChanged",
     "WatchCredentials",
     "WatchFailed",
     "WavSource",
+    "WebRtcStats",
     "check_connectivity",
     "connect",
     "image_to_base64",

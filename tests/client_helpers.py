@@ -74,7 +74,7 @@ async def until(predicate: Callable[[], bool]) -> None:
 
 
 _CLIENT_MODULES = {"api.py", "driver.py", "ws_transport.py", "room_transport.py", "fanout.py"}
-_CLIENT_MODULES |= {"video_sources.py", "audio_sources.py", "room_audio.py"}
+_CLIENT_MODULES |= {"video_sources.py", "audio_sources.py", "room_audio.py", "diagnostics.py"}
 
 
 def _is_client_coroutine(coro: Any) -> bool:

@@ -1,5 +1,24 @@
+from __future__ import annotations
+
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from leanjoin.adapters.server.reference import ReferenceServer
 
 # Test helpers (engine_script) import by name from this folder.
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+async def reference_server() -> AsyncIterator[ReferenceServer]:
+    """A ReferenceServer with default knobs on 127.0.0.1 (for anyio tests)."""
+    from leanjoin.adapters.server.reference import ReferenceServer  # the server extra, if used
+    from leanjoin.engine.server.knobs import ServerKnobs
+
+    async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
+        yield running

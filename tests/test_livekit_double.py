@@ -418,6 +418,38 @@ async def test_fail_media_makes_a_publishing_client_leave_with_media_failure() -
             tg.cancel_scope.cancel()
 
 
+@pytest.mark.e2e
+@pytest.mark.anyio
+async def test_connection_quality_is_excellent_once_publishing_then_what_the_room_says() -> None:
+    # A LiveKit server sends ConnectionQualityUpdate for the local participant;
+    # the client reports it as connection_quality_changed.
+    async with LiveKitDouble() as lk:
+        handle = lk.room("quality")
+        async with _client() as client:
+            seen: list[rtc.ConnectionQuality] = []
+            changed = anyio.Event()
+
+            def on_quality(participant: rtc.Participant, quality: rtc.ConnectionQuality) -> None:
+                if participant.identity == "alice":
+                    seen.append(quality)
+                    changed.set()
+
+            client.room.on("connection_quality_changed", on_quality)
+            await client.connect(lk, "quality")
+            await _publish_camera(client.room, _vp8())
+            with anyio.fail_after(10):
+                await changed.wait()
+            assert seen == [rtc.ConnectionQuality.QUALITY_EXCELLENT]
+            changed = anyio.Event()
+            await handle.set_connection_quality("poor")
+            with anyio.fail_after(10):
+                await changed.wait()
+            assert seen[-1] == rtc.ConnectionQuality.QUALITY_POOR
+            assert client.room.local_participant.connection_quality == seen[-1]
+            with pytest.raises(ValueError, match="excellent, good, poor, lost"):
+                await handle.set_connection_quality("splendid")
+
+
 def _double_tasks(baseline: set[asyncio.Task[object]]) -> list[asyncio.Task[object]]:
     # The real client's own Python tasks are not the double's business.
     current = asyncio.current_task()

@@ -24,6 +24,7 @@ import numpy as np
 
 from leanjoin.adapters.client.api import Session, connect
 from leanjoin.adapters.client.errors import LeanJoinError
+from leanjoin.adapters.client.observability import SessionEvent
 from leanjoin.adapters.client.png import encode_png, write_png
 from leanjoin.adapters.client.room_transport import MediaOptions
 from leanjoin.adapters.client.video_sources import Frame, TestPattern
@@ -35,7 +36,7 @@ from leanjoin.adapters.server.echo_model import (
     prompt_colour,
 )
 from leanjoin.adapters.server.reference import ReferenceServer
-from leanjoin.engine.client.outputs import ErrorOccurred, Event, GenerationTicked, InitialStateAcked
+from leanjoin.engine.client.outputs import ErrorOccurred, GenerationTicked, InitialStateAcked
 from leanjoin.engine.server.knobs import ServerKnobs
 
 FIRST_PROMPT: Final = "a lighthouse at dusk, watercolour"
@@ -150,7 +151,7 @@ async def run_demo(
     acked = anyio.Event()
     ticked = anyio.Event()
 
-    def watch(event: Event) -> None:
+    def watch(event: SessionEvent) -> None:
         if isinstance(event, InitialStateAcked):
             acked.set()
         elif isinstance(event, GenerationTicked):

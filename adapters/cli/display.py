@@ -17,10 +17,20 @@ from rich.console import Group, RenderableType
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.text import Text
 
+from leanjoin.adapters.client.observability import (
+    ConnectBreakdown,
+    ConnectionQualityChanged,
+    InboundVideoStats,
+    OutboundVideoStats,
+    Reconnected,
+    SessionEvent,
+    VideoStall,
+    VideoStallEnded,
+    WebRtcStats,
+)
 from leanjoin.engine.client.outputs import (
     ConnectionState,
     ErrorOccurred,
-    Event,
     GenerationStopped,
     GenerationTicked,
     InitialStateAcked,
@@ -36,7 +46,7 @@ from leanjoin.engine.client.outputs import (
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
-def event_name(event: Event) -> str:
+def event_name(event: SessionEvent) -> str:
     """``QueuePositionChanged`` -> ``queue_position_changed``."""
     return _CAMEL.sub("_", type(event).__name__).lower()
 
@@ -45,7 +55,7 @@ def _plain(_inst: type, _field: attrs.Attribute[Any] | None, value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
 
-def event_json(event: Event, at: float | None = None) -> str:
+def event_json(event: SessionEvent, at: float | None = None) -> str:
     """One JSON object for ``event``: its name, its fields, optionally ``t`` (seconds)."""
     body: dict[str, Any] = {"event": event_name(event)}
     if at is not None:
@@ -54,8 +64,11 @@ def event_json(event: Event, at: float | None = None) -> str:
     return json.dumps(body, separators=(",", ":"), sort_keys=False)
 
 
-def describe(event: Event) -> str:
+def describe(event: SessionEvent) -> str:
     """A short human sentence for ``event``."""
+    observed = _describe_observation(event)
+    if observed is not None:
+        return observed
     if isinstance(event, StateChanged):
         return f"state: {event.previous.value} -> {event.state.value}"
     if isinstance(event, QueuePositionChanged):
@@ -87,6 +100,82 @@ def describe(event: Event) -> str:
     return event_name(event)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _bits(per_second: float | None) -> str | None:
+    return None if per_second is None else f"{per_second / 1000:.0f} kbit/s"
+
+
+def _video(stats: OutboundVideoStats | InboundVideoStats) -> list[str | None]:
+    size = None
+    if stats.frame_width is not None and stats.frame_height is not None:
+        size = f"{stats.frame_width}x{stats.frame_height}"
+    fps = None if stats.frames_per_second is None else f"{stats.frames_per_second:.0f} fps"
+    return [size, fps, _bits(stats.bitrate)]
+
+
+def _counted(pairs: list[tuple[int | None, str]]) -> list[str | None]:
+    return [None if value is None else f"{value:g} {what}" for value, what in pairs]
+
+
+def _stats_line(event: WebRtcStats) -> str:
+    """One line: what is sent, what is received, the round trip (unknowns left out)."""
+    parts: list[str] = []
+    out = event.outbound_video
+    if out is not None:
+        fields = [*_video(out), *_counted([(out.frames_sent, "frames sent")])]
+        parts.append("out " + ", ".join(f for f in fields if f))
+    inbound = event.inbound_video
+    if inbound is not None:
+        jitter = None if inbound.jitter is None else f"jitter {_duration(inbound.jitter)}"
+        counts = [
+            (inbound.frames_decoded, "decoded"),
+            (inbound.frames_dropped, "dropped"),
+            (inbound.packets_lost, "packets lost"),
+            (inbound.freeze_count, "freezes"),
+        ]
+        fields = [*_video(inbound), *_counted(counts), jitter]
+        parts.append("in " + ", ".join(f for f in fields if f))
+    if event.round_trip_time is not None:
+        parts.append(f"rtt {_duration(event.round_trip_time)}")
+    return "stats: " + ("; ".join(parts) if parts else "nothing measured yet")
+
+
+def _breakdown_line(event: ConnectBreakdown) -> str:
+    phases = [
+        ("socket", event.socket_open),
+        ("room info", event.room_info),
+        ("queued", event.queue_wait),
+        ("room", event.room_connect),
+        ("publish", event.publish),
+        ("first frame", event.first_output_frame),
+    ]
+    spent = ", ".join(f"{name} {_duration(t)}" for name, t in phases if t is not None)
+    return f"connect took {_duration(event.total)}: {spent}"
+
+
+def _describe_observation(event: SessionEvent) -> str | None:
+    if isinstance(event, WebRtcStats):
+        return _stats_line(event)
+    if isinstance(event, ConnectionQualityChanged):
+        return f"connection quality: {event.quality.value}"
+    if isinstance(event, ConnectBreakdown):
+        return _breakdown_line(event)
+    if isinstance(event, Reconnected):
+        tries = "1 try" if event.tries == 1 else f"{event.tries} tries"
+        return (
+            f"reconnected after {_duration(event.downtime)} ({tries}); "
+            f"lost by {event.reason.value}: {event.detail}"
+        )
+    if isinstance(event, VideoStall):
+        return f"video stalled: no model frame for {event.threshold:g} s"
+    if isinstance(event, VideoStallEnded):
+        return f"video flows again after {_duration(event.duration)} without frames"
+    return None
+
+
 class StatusView:
     """A live status: one line with the state, plus a bar while queued."""
 
@@ -102,7 +191,7 @@ class StatusView:
         self._queue_task: TaskID | None = None
         self._queue_start = 1
 
-    def update(self, event: Event) -> None:
+    def update(self, event: SessionEvent) -> None:
         if isinstance(event, StateChanged):
             self._state = event.state
             if event.state is not ConnectionState.CONNECTING:

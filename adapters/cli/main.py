@@ -49,6 +49,7 @@ from leanjoin.adapters.client.endpoint import (
 from leanjoin.adapters.client.errors import CameraError, LeanJoinError, MicrophoneUnavailable
 from leanjoin.adapters.client.images import file_ref, image_to_base64
 from leanjoin.adapters.client.models import ModelDefinition, UnknownModelError, resolve_model
+from leanjoin.adapters.client.observability import DEFAULT_STATS_INTERVAL, SessionEvent
 from leanjoin.adapters.client.png import write_png
 from leanjoin.adapters.client.room_audio import RECEIVED_CHANNELS, RECEIVED_RATE
 from leanjoin.adapters.client.room_transport import MediaOptions
@@ -58,7 +59,6 @@ from leanjoin.engine.client.outputs import (
     ConnectionState,
     ErrorKind,
     ErrorOccurred,
-    Event,
     InitialStateAcked,
     SessionStarted,
     StateChanged,
@@ -251,6 +251,12 @@ def main(verbose: int) -> None:
 @click.option("--prompt", help="Initial prompt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
 @click.option(
+    "--stats",
+    is_flag=True,
+    help="Also print the WebRTC statistics every second (connection quality, the "
+    "connect breakdown, reconnects and video stalls are always printed).",
+)
+@click.option(
     "--seconds",
     type=FiniteFloatRange(min=0),
     help="Leave after N seconds connected, once the initial image or prompt is answered.",
@@ -334,6 +340,7 @@ def connect_command(
     image: str | None,
     prompt: str | None,
     as_json: bool,
+    stats: bool,
     seconds: float | None,
     save_frames: Path | None,
     video: Path | None,
@@ -390,6 +397,7 @@ def connect_command(
     )
     runner = _ConnectRun(
         as_json=as_json,
+        stats=stats,
         seconds=seconds,
         save_frames=save_frames,
         save_audio=save_audio,
@@ -451,6 +459,7 @@ class _ConnectRun:
         self,
         *,
         as_json: bool,
+        stats: bool,
         seconds: float | None,
         save_frames: Path | None,
         retry: RetryPolicy,
@@ -463,6 +472,7 @@ class _ConnectRun:
         self._query_params = query_params
         self._integration = integration
         self._json = as_json
+        self._stats = stats
         self._seconds = seconds
         self._save = save_frames
         self._save_audio = save_audio
@@ -496,7 +506,7 @@ class _ConnectRun:
             )
         return ExitCode.OK, None
 
-    def _note(self, event: Event) -> None:
+    def _note(self, event: SessionEvent) -> None:
         if isinstance(event, SessionStarted):
             self._connected = True
         elif isinstance(event, InitialStateAcked):
@@ -515,7 +525,7 @@ class _ConnectRun:
         # Connected, a server error ends every wait (spec §4), an unanswered initial state's too.
         return error.kind is ErrorKind.SERVER_ERROR and self._connected and self._answer is None
 
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, event: SessionEvent) -> None:
         self._note(event)
         if self._json:
             click.echo(event_json(event, anyio.current_time() - self._start))
@@ -523,7 +533,8 @@ class _ConnectRun:
         self._view.update(event)
         console = self._live.console if self._live is not None else self._console
         at = anyio.current_time() - self._start
-        console.print(f"[dim]{at:7.3f}s[/dim] {describe(event)}", highlight=False)
+        # One line per event, however long (a stats line is): no wrapping.
+        console.print(f"[dim]{at:7.3f}s[/dim] {describe(event)}", highlight=False, soft_wrap=True)
 
     async def run(
         self,
@@ -567,6 +578,7 @@ class _ConnectRun:
                         query_params=self._query_params,
                         integration=self._integration,
                         on_event=self._on_event,
+                        stats_interval=DEFAULT_STATS_INTERVAL if self._stats else None,
                     ) as session:
                         await self._stay(session)
                 except LeanJoinError as exc:

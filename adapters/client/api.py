@@ -10,7 +10,10 @@ to close, and stops every task it started.
 Everything the engine reports is an event: delivered in order to ``on_event``
 (called in the engine's task: keep it quick) and to every ``events()``
 iterator. Events raised before ``connect`` returns wait in a backlog that the
-first ``events()`` iterator receives, so none is lost.
+first ``events()`` iterator receives, so none is lost. The same stream carries
+the adapters' observability events (:mod:`.observability`: WebRTC stats,
+connection quality, connect breakdown, reconnects, video stalls), in the order
+they happen; a consumer that looks only for the engine's events skips them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -43,6 +47,7 @@ from leanjoin.engine.client.outputs import (
     ErrorOccurred,
     Event,
     InitialStateAcked,
+    QueuePositionChanged,
     RemoteStream,
     RequestAcked,
     RequestFailed,
@@ -53,6 +58,7 @@ from leanjoin.engine.client.session import ClientSession
 from leanjoin.engine.messages import ABSENT, ClientCapabilities
 
 from .audio_sources import AudioFrame, AudioSource
+from .diagnostics import LIVE_STATES, ConnectDiagnostics, StallWatch, loss_cause
 from .driver import Driver
 from .endpoint import api_key_from_env, default_user_agent, stream_url
 from .errors import (
@@ -67,6 +73,12 @@ from .errors import (
 from .fanout import Fanout
 from .images import ImageInput, file_ref, image_to_base64
 from .models import ModelDefinition, resolve_model
+from .observability import (
+    DEFAULT_STALL_THRESHOLD,
+    MIN_STATS_INTERVAL,
+    ObservabilityEvent,
+    SessionEvent,
+)
 from .room_audio import AudioFeed
 from .room_transport import CameraFeed, CameraInput, MediaOptions
 from .video_sources import Frame, TestPattern, VideoSource
@@ -74,7 +86,7 @@ from .ws_transport import SocketOptions
 
 log = logging.getLogger(__name__)
 
-EventCallback = Callable[[Event], object]
+EventCallback = Callable[[SessionEvent], object]
 
 # Events kept for the first events() iterator when nobody iterates yet.
 EVENT_BACKLOG: Final = 10_000
@@ -127,6 +139,8 @@ class Session:
         socket: SocketOptions,
         on_event: EventCallback | None,
         audio: AudioSource | None = None,
+        stats_interval: float | None = None,
+        stall_threshold: float | None = DEFAULT_STALL_THRESHOLD,
     ) -> None:
         self._config = config
         self._model = model
@@ -144,8 +158,13 @@ class Session:
             media_options=media,
             audio=self._audio,
             on_audio=self._on_audio,
+            observe=self._observe,
+            stats_interval=stats_interval,
         )
-        self._events: Fanout[Event] = Fanout(maxlen=None, backlog=EVENT_BACKLOG)
+        self._events: Fanout[SessionEvent] = Fanout(maxlen=None, backlog=EVENT_BACKLOG)
+        self._diagnostics = ConnectDiagnostics(self._diagnose)
+        self._stalls = StallWatch(stall_threshold, self._diagnose)
+        self._queued: set[AttemptId] = set()
         self._frames: Fanout[Frame] = Fanout(maxlen=2, backlog=1)
         self._audio_frames: Fanout[AudioFrame] = Fanout(maxlen=AUDIO_BUFFER)
         self._state = ConnectionState.DISCONNECTED
@@ -234,9 +253,10 @@ class Session:
 
     # ---- streams ----------------------------------------------------------------------
 
-    def events(self) -> AsyncIterator[Event]:
-        """Every event in order; ends when the session ends. The first iterator
-        also gets the events raised before it started (including during connect)."""
+    def events(self) -> AsyncIterator[SessionEvent]:
+        """Every event in order, the engine's and the observability events; ends
+        when the session ends. The first iterator also gets the events raised
+        before it started (including during connect)."""
         return self._events.subscribe()
 
     def frames(self) -> AsyncIterator[Frame]:
@@ -356,6 +376,7 @@ class Session:
                     tg.start_soon(self._camera.run)
                     if self._audio is not None:
                         tg.start_soon(self._audio.run)
+                    tg.start_soon(self._stalls.run)
                     task_status.started()
             except Exception as exc:  # an engine or adapter bug: end the session, say so
                 log.exception("leanjoin session failed internally")
@@ -398,11 +419,20 @@ class Session:
     # ---- from the driver (the engine's task) -----------------------------------------
 
     def _note(self, attempt: AttemptId, name: str) -> None:
-        self._timeline.append(Milestone(anyio.current_time(), attempt, name))
+        now = anyio.current_time()
+        self._timeline.append(Milestone(now, attempt, name))
+        self._diagnostics.milestone(attempt, name, now)
 
     def _on_event(self, event: Event) -> None:
+        now = anyio.current_time()
         if isinstance(event, StateChanged):
             self._state = event.state
+            if event.state not in LIVE_STATES:
+                self._stalls.stop()
+            self._diagnostics.before(event, now, loss_cause(self._driver.handling))
+        elif isinstance(event, QueuePositionChanged) and event.attempt not in self._queued:
+            self._queued.add(event.attempt)
+            self._note(event.attempt, "queued")
         elif isinstance(event, SessionStarted):
             self._started = event
             self._note(event.attempt, "connected")
@@ -418,15 +448,29 @@ class Session:
                 waiter.done.set()
         elif isinstance(event, ErrorOccurred) and event.fatal:
             self._fatal = event
+        self._emit(event)
+        self._diagnostics.after(event, now)
+        if isinstance(event, StateChanged) and event.state is ConnectionState.DISCONNECTED:
+            self._settled.set()
+            self._finish()
+
+    def _emit(self, event: SessionEvent) -> None:
         self._events.publish(event)
         if self._on_event_callback is not None:
             try:
                 self._on_event_callback(event)
             except Exception:  # a user callback must not break the engine's task
                 log.exception("on_event callback raised for %s", type(event).__name__)
-        if isinstance(event, StateChanged) and event.state is ConnectionState.DISCONNECTED:
-            self._settled.set()
-            self._finish()
+
+    def _observe(self, event: ObservabilityEvent) -> None:
+        # Measured by a room: the live attempt's only (a stale room may still sample).
+        if event.attempt == self._driver.live_attempt:
+            self._diagnose(event)
+
+    def _diagnose(self, event: ObservabilityEvent) -> None:
+        # Made of the engine's events and the live attempt's frames: already current.
+        if not self._closed:
+            self._emit(event)
 
     def _on_frame(self, attempt: AttemptId, frame: Frame) -> None:
         # Only the live attempt's model video: a stale room's late frame is dropped.
@@ -435,6 +479,8 @@ class Session:
         if attempt not in self._first_frame:
             self._first_frame.add(attempt)
             self._note(attempt, "first_output_frame")
+        if self._state in LIVE_STATES:
+            self._stalls.frame(attempt, anyio.current_time())
         self._frames.publish(frame)
 
     def _on_audio(self, attempt: AttemptId, frame: AudioFrame) -> None:
@@ -448,6 +494,19 @@ def _check_camera(camera: object) -> None:
         raise InvalidArgument(
             "camera must be a VideoSource (TestPattern, StillImage, Camera, ...) or a "
             f"livekit.rtc.LocalVideoTrack, got {type(camera).__name__}"
+        )
+
+
+def _check_observability(stats_interval: float | None, stall_threshold: float | None) -> None:
+    if stats_interval is not None and not MIN_STATS_INTERVAL <= stats_interval < math.inf:
+        raise InvalidArgument(
+            f"stats_interval must be at least {MIN_STATS_INTERVAL:g} s (the JS client's "
+            f"minimum) and finite, or None for no stats; got {stats_interval!r}"
+        )
+    if stall_threshold is not None and not 0 < stall_threshold < math.inf:
+        raise InvalidArgument(
+            "stall_threshold must be a positive, finite number of seconds, or None "
+            f"to judge no stalls; got {stall_threshold!r}"
         )
 
 
@@ -487,6 +546,8 @@ async def connect(
     user_agent: str | None = None,
     frame_timing: bool | None = None,
     on_event: EventCallback | None = None,
+    stats_interval: float | None = None,
+    stall_threshold: float | None = DEFAULT_STALL_THRESHOLD,
     shutdown_timeout: float = 10.0,
 ) -> AsyncIterator[Session]:
     """Connect a lean-join session; yields it once connected.
@@ -513,8 +574,18 @@ async def connect(
     up, :class:`InvalidArgument` (a ``ValueError``) for bad arguments
     (``UnknownModelError`` for a model name, ``ImageError`` for images)
     before anything is opened; every error is a :class:`LeanJoinError`.
+
+    Observability (:mod:`~leanjoin.adapters.client.observability`): a
+    ``WebRtcStats`` event every ``stats_interval`` seconds (at least 0.5; the
+    JS client samples every ``DEFAULT_STATS_INTERVAL`` = 1 s), off by default
+    (see the module's note: livekit 1.2.1 can abort the process while
+    sampling); ``ConnectionQualityChanged`` as the media server judges the
+    connection, a ``ConnectBreakdown`` per connect, ``Reconnected`` after a
+    mended loss, and ``VideoStall`` / ``VideoStallEnded`` when no model frame
+    came for ``stall_threshold`` seconds (None: never judged).
     """
     with _arguments_checked():
+        _check_observability(stats_interval, stall_threshold)
         definition = resolve_model(model)
         if api_key is None:
             api_key = api_key_from_env()
@@ -563,6 +634,8 @@ async def connect(
         socket=socket,
         on_event=on_event,
         audio=audio,
+        stats_interval=stats_interval,
+        stall_threshold=stall_threshold,
     )
     # The caller's exception is kept out of the task group (which would wrap it in
     # an ExceptionGroup) and re-raised as itself once everything is closed.

@@ -49,7 +49,7 @@ from leanjoin.engine.client.session import ClientSession, UsageError
 
 from .errors import SessionClosed
 from .room_audio import AudioFeed
-from .room_transport import AudioSink, CameraFeed, MediaOptions, RoomAttempt
+from .room_transport import AudioSink, CameraFeed, MediaOptions, Observe, RoomAttempt
 from .video_sources import Frame
 from .ws_transport import SignalSocket, SocketOptions
 
@@ -93,6 +93,8 @@ class Driver:
         media_options: MediaOptions,
         audio: AudioFeed | None = None,
         on_audio: AudioSink | None = None,
+        observe: Observe | None = None,
+        stats_interval: float | None = None,
     ) -> None:
         self._engine = engine
         self._camera = camera
@@ -103,6 +105,8 @@ class Driver:
         self._media_options = media_options
         self._audio = audio
         self._on_audio = on_audio
+        self._observe = observe
+        self._stats_interval = stats_interval
         streams: tuple[MemoryObjectSendStream[_Item], MemoryObjectReceiveStream[_Item]] = (
             anyio.create_memory_object_stream(math.inf)
         )
@@ -117,6 +121,9 @@ class Driver:
         self._pending_calls: set[_Call] = set()
         self._stopped = False
         self.live_attempt: AttemptId | None = None
+        # The input the engine is handling while its events are handed on (None: a
+        # user command or a tick): diagnostics read why a connection was lost.
+        self.handling: Input | None = None
 
     # ---- entry points for other tasks ---------------------------------------------------
 
@@ -200,6 +207,7 @@ class Driver:
         else:
             # A UsageError here is an adapter bug: let it end the session loudly.
             outputs = self._engine.handle(item, now)
+        self.handling = item if not isinstance(item, _Call | _Tick) else None
         self._perform(outputs)
         self.live_attempt = self._engine.attempt
         self._arm(self._engine.get_timer())
@@ -266,6 +274,8 @@ class Driver:
                 self._trace,
                 audio=self._audio,
                 on_audio=self._on_audio,
+                observe=self._observe,
+                stats_interval=self._stats_interval,
             )
             self._rooms[attempt] = room
             self._start(room)

@@ -15,6 +15,10 @@ runs shielded (bounded by ``connect_timeout``); an attempt abandoned meanwhile
 lets it finish and then disconnects. Every exit path — failure, abandonment,
 cancellation — ends in an explicit, shielded ``await room.disconnect()``.
 
+Observations (``observe``) are not engine inputs: LiveKit's verdict on the
+local participant's connection, and, every ``stats_interval`` seconds once the
+room is connected, a sample of its WebRTC statistics.
+
 :class:`CameraFeed` holds the camera the user last set and pumps it, when it
 is a local video source, into the published track of whichever attempts are
 live; each attempt gets a fresh ``rtc.VideoSource``. A ``rtc.LocalVideoTrack``
@@ -53,7 +57,9 @@ from leanjoin.engine.client.outputs import ConnectRoom
 from leanjoin.engine.validators import one_of, positive
 
 from .audio_sources import AudioFrame
+from .observability import ConnectionQuality, ConnectionQualityChanged, ObservabilityEvent
 from .room_audio import AudioFeed, publish_microphone, read_audio
+from .rtc_stats import StatsSampler
 from .video_sources import Frame, VideoSource
 
 log = logging.getLogger(__name__)
@@ -63,11 +69,20 @@ Trace = Callable[[AttemptId, str], None]
 FrameSink = Callable[[AttemptId, Frame], None]
 CameraInput: TypeAlias = VideoSource | rtc.LocalVideoTrack
 AudioSink = Callable[[AttemptId, AudioFrame], None]
+Observe = Callable[[ObservabilityEvent], None]
 
 _CODECS: Final = {"h264": rtc.VideoCodec.H264, "vp8": rtc.VideoCodec.VP8}
 _KINDS: Final[dict[int, TrackKind]] = {
     rtc.TrackKind.KIND_VIDEO: "video",
     rtc.TrackKind.KIND_AUDIO: "audio",
+}
+# A stats request answers in milliseconds; this only bounds a stuck one.
+STATS_TIMEOUT: Final = 5.0
+_QUALITIES: Final = {
+    rtc.ConnectionQuality.QUALITY_EXCELLENT: ConnectionQuality.EXCELLENT,
+    rtc.ConnectionQuality.QUALITY_GOOD: ConnectionQuality.GOOD,
+    rtc.ConnectionQuality.QUALITY_POOR: ConnectionQuality.POOR,
+    rtc.ConnectionQuality.QUALITY_LOST: ConnectionQuality.LOST,
 }
 
 
@@ -257,6 +272,8 @@ class RoomAttempt:
         *,
         audio: AudioFeed | None = None,
         on_audio: AudioSink | None = None,
+        observe: Observe | None = None,
+        stats_interval: float | None = None,
     ) -> None:
         self.attempt = effect.attempt
         self._url = effect.livekit_url
@@ -269,6 +286,8 @@ class RoomAttempt:
         self._audio = audio
         self._on_audio = on_audio
         self._audio_sink: rtc.AudioSource | None = None
+        self._observe = observe
+        self._stats_interval = stats_interval if observe is not None else None
         self._scope = anyio.CancelScope()
         self._publish_requested = anyio.Event()
         self._lost = anyio.Event()
@@ -328,11 +347,14 @@ class RoomAttempt:
         room = rtc.Room()
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("disconnected", self._on_disconnected)
+        room.on("connection_quality_changed", self._on_connection_quality)
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
                     self._task_group = tg
                     if await self._connect(room):
+                        if self._stats_interval is not None:
+                            tg.start_soon(self._sample_stats, room, self._stats_interval)
                         await self._publish_requested.wait()
                         if await self._publish(room):
                             await self._swap_cameras(room)  # until lost or disconnected
@@ -467,6 +489,26 @@ class RoomAttempt:
             capacity=self._options.output_buffer,
         )
 
+    async def _sample_stats(self, room: rtc.Room, interval: float) -> None:
+        assert self._observe is not None
+        sampler = StatsSampler()
+        while True:
+            await anyio.sleep(interval)
+            if self._lost.is_set():
+                return  # a closing peer connection is no place to ask for stats
+            if not room.isconnected():
+                continue  # LiveKit is resuming the connection: ask again later
+            try:
+                # Shielded: a stats request still in flight when the room is left
+                # aborts the process (livekit 1.2.1 panics parsing that answer), so
+                # the leave waits for it (run's task group ends before _leave).
+                with anyio.CancelScope(shield=True), anyio.fail_after(STATS_TIMEOUT):
+                    stats = await room.get_rtc_stats()
+            except Exception as exc:  # the room is going away; the next sample may work
+                log.debug("attempt %d: no WebRTC stats: %r", self.attempt, exc)
+                continue
+            self._observe(sampler.sample(self.attempt, anyio.current_time(), stats))
+
     async def _leave(self, room: rtc.Room) -> None:
         self._leaving = True
         published = self._published
@@ -499,6 +541,15 @@ class RoomAttempt:
         if isinstance(track, rtc.RemoteVideoTrack | rtc.RemoteAudioTrack):
             self._tracks[track.sid] = track
         self._post(RemoteTrackReceived(self.attempt, participant.identity, track.sid, kind))
+
+    def _on_connection_quality(
+        self, participant: rtc.Participant | None, quality: rtc.ConnectionQuality
+    ) -> None:
+        verdict = _QUALITIES.get(quality)  # QUALITY_UNKNOWN: nothing said yet
+        if self._observe is None or self._leaving or verdict is None:
+            return
+        if isinstance(participant, rtc.LocalParticipant):
+            self._observe(ConnectionQualityChanged(self.attempt, verdict))
 
     def _on_disconnected(self, reason: Any) -> None:
         if self._leaving:

@@ -43,10 +43,22 @@ def leave_reason(reason: str) -> models.DisconnectReason:
     return models.ROOM_DELETED
 
 
+QUALITIES = ("excellent", "good", "poor", "lost")
+
+
+def connection_quality(name: str) -> models.ConnectionQuality:
+    """The protocol connection quality called ``name`` (one of :data:`QUALITIES`)."""
+    if name.lower() not in QUALITIES:
+        raise ValueError(f"unknown connection quality {name!r}: one of {', '.join(QUALITIES)}")
+    return cast(models.ConnectionQuality, models.ConnectionQuality.Value(name.upper()))
+
+
 class Member(Protocol):
     """A connected client as the room sees it."""
 
     async def leave(self, reason: models.DisconnectReason, why: str) -> None: ...
+
+    async def send_connection_quality(self, quality: models.ConnectionQuality) -> None: ...
 
     async def wait_closed(self) -> None: ...
 
@@ -89,6 +101,8 @@ class RoomHandle:
         # The refuse_media fault for this room only: the double answers its joins with 503.
         self.refuses_joins = False
         self.listener: RoomListener | None = None
+        # What the media server says of each client's connection (sent once it publishes).
+        self.connection_quality: models.ConnectionQuality = models.EXCELLENT
 
     def __repr__(self) -> str:
         return f"RoomHandle(name={self.name!r}, participants={len(self._members)})"
@@ -141,6 +155,14 @@ class RoomHandle:
         await asyncio.gather(*(member.leave(code, reason) for member in members))
         # Return only once they are gone, so `participants` is 0 right after.
         await asyncio.gather(*(member.wait_closed() for member in members))
+
+    async def set_connection_quality(self, quality: str) -> None:
+        """Judge every client's connection ``quality`` (excellent, good, poor,
+        lost) and tell each one now, as a LiveKit server's quality updates do;
+        clients that publish later are told on their ``track_published``."""
+        self.connection_quality = connection_quality(quality)
+        members = list(self._members)
+        await asyncio.gather(*(m.send_connection_quality(self.connection_quality) for m in members))
 
     async def fail_media(self) -> None:
         """The media server can no longer carry this room's media: every client is

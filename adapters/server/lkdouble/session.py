@@ -4,6 +4,11 @@ Handled requests: publisher ``offer`` (answered), subscriber ``answer``, ``trick
 (early candidates queued), ``add_track`` (``track_published``), ``ping_req``/``ping``
 (``pong_resp``/``pong``) and ``leave``. Everything else is ignored.
 
+Connection quality: a LiveKit server sends ``connection_quality`` updates on its
+own schedule; the double sends the room's judgement (EXCELLENT unless a test set
+another, :meth:`RoomHandle.set_connection_quality`) right after the first
+``track_published``, and again whenever the room's judgement changes.
+
 Test knobs (all in seconds): ``media_setup_delay`` holds the join before the
 participant is attached to its room (a distant media server);
 ``join_answer_delay`` attaches it, then holds the join answer (the client's
@@ -83,6 +88,7 @@ class SignalSession:
         self._media: ClientMedia | None = None
         self._leaving = False
         self._audio_wanted = False  # the client publishes audio: offer the model's
+        self._publishing = False
         self._closed = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -147,6 +153,16 @@ class SignalSession:
             )
         )
         await self._ws.close()
+
+    async def send_connection_quality(self, quality: models.ConnectionQuality) -> None:
+        """Tell the client how good its connection is (once it publishes)."""
+        if self._publishing:
+            info = rtc.ConnectionQualityInfo(
+                participant_sid=self.sid, quality=quality, score=_SCORES[quality]
+            )
+            await self._send(
+                rtc.SignalResponse(connection_quality=rtc.ConnectionQualityUpdate(updates=[info]))
+            )
 
     async def wait_closed(self) -> None:
         """Return once :meth:`run` has closed the peer connections and the socket."""
@@ -224,6 +240,9 @@ class SignalSession:
         await self._send(
             rtc.SignalResponse(track_published=rtc.TrackPublishedResponse(cid=req.cid, track=track))
         )
+        if not self._publishing:
+            self._publishing = True
+            await self.send_connection_quality(self._room.connection_quality)
         if req.type == models.AUDIO:
             self._audio_wanted = True
             await self._offer_model_audio()
@@ -288,6 +307,8 @@ class SignalSession:
 
 
 _TRACK_KINDS = {models.AUDIO: "audio", models.VIDEO: "video"}
+# LiveKit's scores (1 to 5) behind each verdict; the client reads only the verdict.
+_SCORES = {models.EXCELLENT: 4.5, models.GOOD: 3.5, models.POOR: 2.0, models.LOST: 0.0}
 
 
 def _now_ms() -> int:

@@ -48,3 +48,26 @@ def test_the_first_steps_python_example_runs(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("connected: ") and lines[0] != "connected: None"
     assert re.fullmatch(r"output frame \(\d+, \d+, 3\)", lines[-1]), done.stdout
+
+
+def feature_rows() -> list[list[str]]:
+    """The rows of the README's feature table (cells, stripped)."""
+    text = README.read_text()
+    section = text.split("## Features against the official clients", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[1:]]
+
+
+def test_every_feature_row_names_a_test_that_exists() -> None:
+    rows = feature_rows()
+    assert len(rows) >= 20
+    for row in rows:
+        assert len(row) == 5, row
+        node = row[4].strip("`")
+        path, _, name = node.partition("::")
+        module = README.parent / path
+        assert module.is_file(), f"{row[0]}: no {path}"
+        function = name.split("[", 1)[0]
+        assert re.search(rf"^(async )?def {re.escape(function)}\(", module.read_text(), re.M), (
+            f"{row[0]}: {path} has no test {function}"
+        )

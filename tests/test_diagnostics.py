@@ -49,6 +49,7 @@ from leanjoin.engine.client.inputs import (
     SocketClosed,
     SocketOpened,
 )
+from leanjoin.engine.client.session import subscribe_token
 
 A1, A2, A3 = AttemptId(1), AttemptId(2), AttemptId(3)
 C, G, R = ConnectionState.CONNECTED, ConnectionState.GENERATING, ConnectionState.RECONNECTING
@@ -329,3 +330,15 @@ async def test_bad_observability_arguments_are_refused_before_connecting(
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_the_session_started_line_says_how_viewers_join() -> None:
+    # What `leanjoin watch --subscribe-token` takes is printed where the user looks.
+    started = SessionStarted(A1, "s-1", "leanjoin-1", subscribe_token("leanjoin-1"))
+    assert describe(started) == (
+        f"session started: s-1 (room leanjoin-1; viewers: --subscribe-token "
+        f"{subscribe_token('leanjoin-1')})"
+    )
+    assert describe(attrs.evolve(started, subscribe_token="")) == (
+        "session started: s-1 (room leanjoin-1)"
+    )

@@ -74,7 +74,10 @@ def describe(event: SessionEvent) -> str:
     if isinstance(event, QueuePositionChanged):
         return f"queued: position {event.position} of {event.queue_size}"
     if isinstance(event, SessionStarted):
-        return f"session started: {event.session_id} (room {event.room_name})"
+        watch = (
+            f"; viewers: --subscribe-token {event.subscribe_token}" if event.subscribe_token else ""
+        )
+        return f"session started: {event.session_id} (room {event.room_name}{watch})"
     if isinstance(event, RemoteStream):
         return f"model {event.kind} track from {event.participant}"
     if isinstance(event, InitialStateAcked):

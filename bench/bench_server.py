@@ -103,9 +103,11 @@ async def _handshake(
     return time.perf_counter() - began
 
 
-async def _run(clients: int, initial_kind: str, ramp: float, workers: int) -> None:
+async def _run(clients: int, initial_kind: str, ramp: float, workers: int, level: str) -> None:
     # --capacity is per worker: each admits every client it may get.
-    server = ServerProcess.start(None, "--capacity", str(clients), "--workers", str(workers))
+    server = ServerProcess.start(
+        None, "--log-level", level, "--capacity", str(clients), "--workers", str(workers)
+    )
     url, key = server.url, server.api_key
     sockets: list[ClientConnection] = []
     try:
@@ -172,8 +174,15 @@ def main() -> None:
         help="server processes on the one port (leanjoin serve --workers); CPU and "
         "memory are summed over them and their parent",
     )
+    parser.add_argument(
+        "--server-log-level",
+        choices=("WARNING", "INFO"),
+        default="WARNING",
+        help="the server's logging: WARNING as `leanjoin serve`, INFO (a line per "
+        "session phase) as `leanjoin -v serve`",
+    )
     args = parser.parse_args()
-    asyncio.run(_run(args.clients, args.initial, args.ramp, args.workers))
+    asyncio.run(_run(args.clients, args.initial, args.ramp, args.workers, args.server_log_level))
 
 
 if __name__ == "__main__":

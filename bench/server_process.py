@@ -24,8 +24,16 @@ class ServerProcess:
     def start(log: Path | None, *options: str) -> ServerProcess:
         """Start it on a free port with ``options`` (``leanjoin serve`` flags);
         return once it printed its URL and API key."""
-        command = [sys.executable, "-m", "leanjoin.adapters.cli.serve", "--port", "0", *options]
-        # A log line per phase and client: benchmarks of many clients discard it.
+        # Without a log file, the server logs as `leanjoin serve` does by default
+        # (warnings only); with one, each session's phases too (`leanjoin -v serve`).
+        level = (
+            ()
+            if "--log-level" in options
+            else ("--log-level", "WARNING" if log is None else "INFO")
+        )
+        command = [
+            sys.executable, "-m", "leanjoin.adapters.cli.serve", "--port", "0", *level, *options
+        ]  # fmt: skip
         with contextlib.ExitStack() as stack:
             stderr = subprocess.DEVNULL if log is None else stack.enter_context(log.open("w"))
             process = subprocess.Popen(

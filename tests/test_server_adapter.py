@@ -759,3 +759,43 @@ async def test_a_misleading_frame_cannot_make_the_prefetch_style_the_output() ->
         await until(socket, "generation_started")
         out = server.livekit.room(info["room_name"]).on_client_frame(CAMERA)
         assert out is not None and tuple(out[-1, 0]) == (40, 40, 200)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreads connections on Linux")
+@pytest.mark.parametrize("verbose", [False, True])
+def test_serve_workers_log_at_the_level_leanjoin_was_given(verbose: bool) -> None:
+    # The workers are processes of their own: they must log as `leanjoin serve`
+    # does (quiet by default, each session's phases with -v), not at a level of
+    # their own, which had them write five lines a handshake unasked.
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    command = [leanjoin, *(["-v"] if verbose else []), "serve", "--port", "0", "--workers", "2"]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().split()[-1]
+        key = process.stdout.readline().split()[-1]
+
+        async def sessions() -> None:
+            for _ in range(4):  # the kernel spreads them over both workers
+                async with await connect(f"{url}?api_key={key}&model=echo") as socket:
+                    await send(socket, {"type": "livekit_join", "passthrough": True})
+                    await recv(socket)
+
+        anyio.run(sessions)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        _, log = process.communicate(timeout=WAIT * 4)
+    finally:
+        process.kill()
+    assert process.returncode == 0, log
+    phases = [line for line in log.splitlines() if ": in_room" in line]
+    if verbose:
+        assert len(phases) == 4 and all(" worker " in line for line in phases), log
+    else:
+        assert phases == [], log

@@ -231,6 +231,14 @@ async def _run(
     "queue (--capacity is per worker) and LiveKit double",
 )
 @click.option("--worker-index", type=int, default=None, hidden=True)
+# A worker logs at its parent's level (``leanjoin -v serve --workers 2``); run
+# directly (``python -m leanjoin.adapters.cli.serve``) the default is INFO.
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    default=None,
+    hidden=True,
+)
 @_with_knob_options
 def serve(
     host: str,
@@ -240,6 +248,7 @@ def serve(
     api_key: str | None,
     workers: int,
     worker_index: int | None,
+    log_level: str | None,
     **knob_values: Any,
 ) -> None:
     """Run the reference lean-join server with its LiveKit double.
@@ -261,11 +270,15 @@ def serve(
         who = f"worker {worker_index} (pid {os.getpid()}) "
     else:
         who = ""
+    # Under `leanjoin` the group configured logging already (WARNING, or -v's
+    # INFO / -vv's DEBUG): this is then a no-op, and --log-level aligns workers.
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s {who}%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if log_level is not None:
+        logging.getLogger().setLevel(log_level)
     # transitions logs every callback at INFO: far too chatty for one line per phase.
     logging.getLogger("transitions").setLevel(logging.WARNING)
     # What the format above never shows, a record need not collect (the logging

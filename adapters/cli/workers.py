@@ -153,6 +153,8 @@ async def _supervise(
         str(http_port),
         "--files-dir",
         str(files_dir),
+        "--log-level",  # the parent's (leanjoin -v serve): every process logs alike
+        logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         *options,
     ]
     env = {

@@ -479,6 +479,21 @@ async def test_shutdown_ends_generation_and_closes_going_away() -> None:
 # ---- the command line --------------------------------------------------------------------------
 
 
+def start_serve(command: list[str]) -> tuple[subprocess.Popen[str], str, str]:
+    """A ``serve`` process; its URL and api key, its first two lines."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    url = process.stdout.readline().split()[-1]
+    key = process.stdout.readline().split()[-1]
+    return process, url, key
+
+
 def test_serve_prints_the_url_logs_phases_without_secrets_and_stops_on_ctrl_c() -> None:
     command = [
         sys.executable,
@@ -489,17 +504,8 @@ def test_serve_prints_the_url_logs_phases_without_secrets_and_stops_on_ctrl_c() 
         "--capacity",
         "2",
     ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process, url, key = start_serve(command)
     try:
-        assert process.stdout is not None
-        url = process.stdout.readline().split()[-1]
-        key = process.stdout.readline().split()[-1]
         assert url.startswith("ws://127.0.0.1:") and url.endswith("/v1/stream")
 
         async def session() -> str:
@@ -551,18 +557,10 @@ def test_serve_workers_share_one_port_and_all_stop_on_sigterm() -> None:
         "--room-info-delay",
         "0.05",
     ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process, url, key = start_serve(command)
     clients = 40
     try:
         assert process.stdout is not None
-        url = process.stdout.readline().split()[-1]
-        key = process.stdout.readline().split()[-1]
         workers_line = process.stdout.readline()
         doubles = {process.stdout.readline().split()[-1] for _ in range(2)}
         assert url.startswith("ws://127.0.0.1:") and url.endswith("/v1/stream")
@@ -769,17 +767,8 @@ def test_serve_workers_log_at_the_level_leanjoin_was_given(verbose: bool) -> Non
     # their own, which had them write five lines a handshake unasked.
     leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
     command = [leanjoin, *(["-v"] if verbose else []), "serve", "--port", "0", "--workers", "2"]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process, url, key = start_serve(command)
     try:
-        assert process.stdout is not None
-        url = process.stdout.readline().split()[-1]
-        key = process.stdout.readline().split()[-1]
 
         async def sessions() -> None:
             for _ in range(4):  # the kernel spreads them over both workers

@@ -88,6 +88,7 @@ if TYPE_CHECKING:
     from leanjoin.adapters.client.images import image_to_base64
     from leanjoin.adapters.client.preflight import ConnectivityReport, check_connectivity
     from leanjoin.adapters.client.room_transport import CameraInput, MediaOptions
+    from leanjoin.adapters.client.session_probe import SessionProbeReport, probe_session
     from leanjoin.adapters.client.video_sources import (
         ArraySource,
         FileSource,
@@ -118,6 +119,8 @@ _LAZY: Final = {
     "image_to_base64": "images",
     "ConnectivityReport": "preflight",
     "check_connectivity": "preflight",
+    "SessionProbeReport": "session_probe",
+    "probe_session": "session_probe",
     "Camera": "camera",
     "open_camera": "camera",
     "CameraInput": "room_transport",
@@ -200,6 +203,7 @@ __all__ = [
     "Session",
     "SessionClosed",
     "SessionEvent",
+    "SessionProbeReport",
     "SessionStarted",
     "SocketOptions",
     "StateChanged",
@@ -225,6 +229,7 @@ __all__ = [
     "is_realtime_model",
     "list_models",
     "open_camera",
+    "probe_session",
     "watch",
     "watch_credentials",
     "watch_room",

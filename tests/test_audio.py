@@ -37,8 +37,11 @@ from leanjoin.adapters import (
     TestPattern,
     Timeouts,
     Tone,
+    Viewer,
     WavSource,
     connect,
+    watch,
+    watch_room,
 )
 from leanjoin.adapters.cli.main import main
 from leanjoin.adapters.server.reference import ReferenceServer
@@ -92,7 +95,7 @@ def first_sound(samples: np.ndarray[Any, Any], count: int) -> np.ndarray[Any, An
     return samples[start : start + count]
 
 
-async def received_audio(session: Session, count: int) -> np.ndarray[Any, Any]:
+async def received_audio(session: Session | Viewer, count: int) -> np.ndarray[Any, Any]:
     """The next ``count`` samples of the model's audio that are not silence
     (the echo starts once the renegotiated track flows)."""
     kept: list[AudioFrame] = []
@@ -121,6 +124,37 @@ async def test_model_audio_echoes_published_tone(server: ReferenceServer) -> Non
     await server_idle(server, session.room_name)  # the audio feed and reader ended too
     assert rms(samples) > 1000, "the echo is (nearly) silent"
     assert abs(dominant_frequency(samples, 48_000) - 440) < 10
+
+
+async def test_viewers_hear_the_model_audio_too(server: ReferenceServer) -> None:
+    # A viewer in the room when the model starts publishing audio is offered it
+    # then; one joining later gets it at once. Both hear the echoed tone.
+    async with connect(server.url, audio=Tone(440), **session_args(server)) as session:
+        assert session.room_name is not None and session.subscribe_token
+        early = server.livekit.mint_viewer_token(room=session.room_name)
+        async with watch_room(server.livekit.url, early) as first:
+            heard_first = await received_audio(first, ANALYSED_SAMPLES)
+            async with watch(session.subscribe_token, server.url, api_key=server.api_key) as late:
+                heard_late = await received_audio(late, ANALYSED_SAMPLES)
+        own = await received_audio(session, 4_800)  # the session's own echo goes on
+    await server_idle(server, session.room_name)
+    for samples in (heard_first, heard_late):
+        assert rms(samples) > 1000, "the viewer's audio is (nearly) silent"
+        assert abs(dominant_frequency(samples, 48_000) - 440) < 10
+    assert rms(own) > 1000
+
+
+async def test_a_viewer_of_a_session_without_audio_gets_video_only(
+    server: ReferenceServer,
+) -> None:
+    async with connect(server.url, **session_args(server)) as session:
+        assert session.subscribe_token
+        async with watch(session.subscribe_token, server.url, api_key=server.api_key) as viewer:
+            with anyio.fail_after(WAIT):
+                await anext(aiter(viewer.frames()))
+            with anyio.move_on_after(1.0) as quiet:
+                await anext(aiter(viewer.audio_frames()))
+            assert quiet.cancelled_caught, "audio from a session that publishes none"
 
 
 async def test_model_audio_comes_back_after_a_reconnect(server: ReferenceServer) -> None:

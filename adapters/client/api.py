@@ -79,7 +79,7 @@ from .observability import (
     ObservabilityEvent,
     SessionEvent,
 )
-from .room_audio import AudioFeed
+from .room_audio import AUDIO_BUFFER, AudioFeed
 from .room_transport import CameraFeed, CameraInput, MediaOptions
 from .video_sources import Frame, TestPattern, VideoSource
 from .ws_transport import SocketOptions
@@ -90,8 +90,6 @@ EventCallback = Callable[[SessionEvent], object]
 
 # Events kept for the first events() iterator when nobody iterates yet.
 EVENT_BACKLOG: Final = 10_000
-# Model audio chunks (10 ms) kept per audio_frames() reader: 2 s, then the oldest go.
-AUDIO_BUFFER: Final = 200
 
 
 TIMELINE_LENGTH: Final = 1024

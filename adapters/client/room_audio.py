@@ -21,6 +21,9 @@ from .audio_sources import AudioFrame, AudioSource
 
 log = logging.getLogger(__name__)
 
+# Model audio chunks (10 ms) kept per audio_frames() reader: 2 s, then the oldest go.
+AUDIO_BUFFER: Final = 200
+
 # The model's audio as it is handed out: 48 kHz mono (WebRTC resamples to it).
 RECEIVED_RATE: Final = 48_000
 RECEIVED_CHANNELS: Final = 1

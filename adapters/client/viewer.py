@@ -27,9 +27,11 @@ from livekit import rtc
 
 from leanjoin.engine.client.outputs import ConnectionState
 
+from .audio_sources import AudioFrame
 from .errors import InvalidArgument, WatchFailed
 from .fanout import Fanout
 from .files import watch_credentials
+from .room_audio import AUDIO_BUFFER, read_audio
 from .room_transport import MediaOptions, connect_shielded, read_video, reason_name
 from .video_sources import Frame
 
@@ -87,6 +89,7 @@ class Viewer:
         self._room.on("disconnected", self._on_disconnected)
         self._room.on("track_subscribed", self._on_track_subscribed)
         self._frames: Fanout[Frame] = Fanout(maxlen=media.output_buffer, backlog=1)
+        self._audio: Fanout[AudioFrame] = Fanout(maxlen=AUDIO_BUFFER)
         self._events: Fanout[ViewerStateChanged] = Fanout(maxlen=None, backlog=EVENT_BACKLOG)
         self._state = ConnectionState.DISCONNECTED
         self._disconnect_reason: str | None = None
@@ -128,6 +131,12 @@ class Viewer:
         """The model's output video as HxWx3 uint8 RGB arrays, as the session's own
         ``frames()``; a slow reader skips frames. Ends when the room is gone."""
         return self._frames.subscribe()
+
+    def audio_frames(self) -> AsyncIterator[AudioFrame]:
+        """The model's audio, as the session's own ``audio_frames()`` (10 ms
+        chunks of 48 kHz mono, from the time of the call), once the model
+        publishes some. Ends when the room is gone."""
+        return self._audio.subscribe()
 
     def events(self) -> AsyncIterator[ViewerStateChanged]:
         """Every state change in order; the first iterator also gets those raised
@@ -186,7 +195,7 @@ class Viewer:
         if (
             tg is None
             or self._leaving
-            or not isinstance(track, rtc.RemoteVideoTrack)
+            or not isinstance(track, rtc.RemoteVideoTrack | rtc.RemoteAudioTrack)
             or not participant.identity.startswith(self._model_prefix)
             or track.sid in self._reading
         ):
@@ -194,9 +203,12 @@ class Viewer:
         self._reading.add(track.sid)
         tg.start_soon(self._read, track)
 
-    async def _read(self, track: rtc.RemoteVideoTrack) -> None:
+    async def _read(self, track: rtc.RemoteVideoTrack | rtc.RemoteAudioTrack) -> None:
         try:
-            await read_video(track, self._on_frame, capacity=self._media.output_buffer)
+            if isinstance(track, rtc.RemoteAudioTrack):
+                await read_audio(track, self._on_audio)
+            else:
+                await read_video(track, self._on_frame, capacity=self._media.output_buffer)
         except Exception as exc:  # one track's end must not end the watch
             level = logging.DEBUG if self._leaving or self.closed else logging.WARNING
             log.log(level, "viewer: reading track %s failed: %s", track.sid, type(exc).__name__)
@@ -207,6 +219,10 @@ class Viewer:
         self.frame_count += 1
         self._frames.publish(frame)
 
+    def _on_audio(self, frame: AudioFrame) -> None:
+        if not self.closed:
+            self._audio.publish(frame)
+
     # ---- helpers -------------------------------------------------------------------------
 
     def _gone(self, reason: str) -> None:
@@ -216,6 +232,7 @@ class Viewer:
         self._set_state(ConnectionState.DISCONNECTED, reason)
         self._closed.set()
         self._frames.close()
+        self._audio.close()
         self._events.close()
 
     def _set_state(self, state: ConnectionState, reason: str | None = None) -> None:

@@ -108,7 +108,7 @@ class ClientMedia:
         model_participant_sid: str,
         model_track_sid: str,
         model_audio_track_sid: str = "",
-        on_audio: Callable[[], None] | None = None,
+        on_audio: Callable[[AudioFrame], None] | None = None,
     ) -> None:
         self._on_frame = on_frame
         self._on_audio = on_audio
@@ -155,7 +155,7 @@ class ClientMedia:
             except MediaStreamError:
                 return
             if self._on_audio is not None:
-                self._on_audio()
+                self._on_audio(frame)
             if self.audio_offered:
                 self.audio_echo.push(frame)
 

@@ -19,6 +19,7 @@ from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
+from av import AudioFrame
 from livekit.protocol import models
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,20 @@ class Member(Protocol):
     async def wait_closed(self) -> None: ...
 
 
+class AudioSink(Protocol):
+    """A viewer's model audio track."""
+
+    def push(self, frame: AudioFrame) -> None: ...
+
+
+def _copy(frame: AudioFrame) -> AudioFrame:
+    copy = AudioFrame.from_ndarray(
+        frame.to_ndarray(), format=frame.format.name, layout=frame.layout.name
+    )
+    copy.sample_rate = frame.sample_rate
+    return copy
+
+
 class ViewerSink(Protocol):
     """Where a viewer's copy of the model output goes (its subscriber track)."""
 
@@ -98,6 +113,11 @@ class RoomHandle:
         self._publishing = asyncio.Event()
         self._members: set[Member] = set()
         self._viewers: set[ViewerSink] = set()
+        # Viewers hear the model's audio too, once it publishes some (a client's
+        # microphone echoed): told when it starts, then fed every chunk.
+        self.model_audio = False
+        self._audio_viewers: set[AudioSink] = set()
+        self._audio_started: set[Callable[[], None]] = set()
         # The refuse_media fault for this room only: the double answers its joins with 503.
         self.refuses_joins = False
         self.listener: RoomListener | None = None
@@ -192,9 +212,31 @@ class RoomHandle:
                 viewer.push(out)
         return out
 
-    def on_client_audio(self) -> None:
-        """Count a decoded client audio frame (the echo needs no transform)."""
+    def on_client_audio(self, frame: AudioFrame | None = None) -> None:
+        """Count a decoded client audio frame (the echo needs no transform) and
+        give the viewers who hear the model a copy of it."""
         self._audio_frames += 1
+        if frame is not None:
+            for sink in self._audio_viewers:
+                sink.push(_copy(frame))  # each track restamps its own frames
+
+    def on_model_audio_started(self) -> None:
+        """The model now publishes audio: every viewer is offered it."""
+        if not self.model_audio:
+            self.model_audio = True
+            for started in tuple(self._audio_started):
+                started()
+
+    def watch_model_audio(self, started: Callable[[], None]) -> None:
+        """Call ``started`` when the model starts publishing audio."""
+        self._audio_started.add(started)
+
+    def add_audio_viewer(self, sink: AudioSink) -> None:
+        self._audio_viewers.add(sink)
+
+    def remove_audio_viewer(self, sink: AudioSink, started: Callable[[], None]) -> None:
+        self._audio_viewers.discard(sink)
+        self._audio_started.discard(started)
 
     def on_client_publishing(self, kind: str = "video") -> None:
         """A client asked to publish a track of ``kind``."""

@@ -88,6 +88,8 @@ class SignalSession:
         self._media: ClientMedia | None = None
         self._leaving = False
         self._audio_wanted = False  # the client publishes audio: offer the model's
+        self._audio_offering = False
+        self._background: set[asyncio.Task[None]] = set()
         self._publishing = False
         self._closed = asyncio.Event()
 
@@ -109,6 +111,9 @@ class SignalSession:
             self._room.attach(self)
             if not self._grant.can_publish:
                 self._room.add_viewer(self._media.echo)
+                # A viewer hears the model once it publishes audio (now, or later).
+                self._audio_wanted = self._room.model_audio
+                self._room.watch_model_audio(self._model_audio_started)
             held = self._join_answer_delay
             if held > 0 and await self._closed_within(held):
                 return  # left (say, the room was lost) before it got its join answer
@@ -130,10 +135,15 @@ class SignalSession:
             # Keep the double serving others; the client sees its signal socket close.
             log.exception("signal session of %r failed", self._grant.identity)
         finally:
+            for task in tuple(self._background):
+                task.cancel()
             try:
                 self._room.detach(self)
                 if self._media is not None:
                     self._room.remove_viewer(self._media.echo)
+                    self._room.remove_audio_viewer(
+                        self._media.audio_echo, self._model_audio_started
+                    )
                     await self._media.close()
                 await self._ws.close()
             finally:
@@ -252,15 +262,32 @@ class SignalSession:
         """Publish the model's audio to this client, once, when it can be offered."""
         media = self._media
         assert media is not None
-        if not self._audio_wanted or media.audio_offered:
+        if not self._audio_wanted or media.audio_offered or self._audio_offering:
             return
         if media.subscriber.signalingState != "stable":
             return  # an offer is out: renegotiate after its answer
+        self._audio_offering = True  # the room's news and an answer may both get here
         # The client must know the track before it arrives, or it cannot map it.
         update = rtc.ParticipantUpdate(participants=[self._room.model_participant(audio=True)])
         await self._send(rtc.SignalResponse(update=update))
         offer = await media.subscriber_audio_offer()
         await self._send(rtc.SignalResponse(offer=rtc.SessionDescription(type="offer", sdp=offer)))
+        if self._grant.can_publish:
+            self._room.on_model_audio_started()  # the room's viewers hear it too
+        else:
+            self._room.add_audio_viewer(media.audio_echo)
+
+    async def _offer_model_audio_quietly(self) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the viewer left meanwhile
+            await self._offer_model_audio()
+
+    def _model_audio_started(self) -> None:
+        # Called by the room (a publisher's renegotiation): offer it from this
+        # session's own task context, after whatever it is sending now.
+        self._audio_wanted = True
+        task = asyncio.get_running_loop().create_task(self._offer_model_audio_quietly())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _refuse_codec(self, codec: str) -> bool:
         why = (

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import socket
 import struct
 import sys
 import zlib
@@ -25,6 +26,7 @@ import anyio
 import httpx
 import numpy as np
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 from client_helpers import WAIT, served_with_http
 from PIL import Image
@@ -383,6 +385,36 @@ async def test_an_unreachable_server_is_a_typed_error_without_status() -> None:
     with pytest.raises(HttpApiError) as failed:
         await FilesClient(base_url="http://127.0.0.1:9", api_key=KEY).get("file_1")
     assert failed.value.status is None and KEY not in str(failed.value)
+
+
+@contextlib.asynccontextmanager
+async def answering(status: int, body: str) -> AsyncIterator[str]:
+    """An HTTP server (not ours: a wrong base URL) that answers every request so."""
+
+    async def answer(_request: web.Request) -> web.Response:
+        return web.Response(status=status, text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    try:
+        await web.SockSite(runner, sock).start()
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+@pytest.mark.parametrize("status", [200, 500])
+async def test_an_answer_nested_past_the_json_parser_is_a_typed_error(status: int) -> None:
+    # Whatever a server answers, the caller gets an HttpApiError, never a RecursionError.
+    async with answering(status, "[" * 100_000) as url:
+        with pytest.raises(HttpApiError):
+            await FilesClient(base_url=url, api_key=KEY).get("file_1")
+        with pytest.raises(HttpApiError):
+            await watch_credentials("room-1", base_url=url, api_key=KEY)
 
 
 def test_bad_base_urls_and_no_key_are_invalid_arguments(monkeypatch: pytest.MonkeyPatch) -> None:

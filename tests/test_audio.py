@@ -291,6 +291,14 @@ def test_audio_frame_refuses_what_is_no_int16_channel_array(samples: Any) -> Non
         AudioFrame(samples, 48_000)
 
 
+def test_audio_frame_repr_shows_the_shape_not_the_samples() -> None:
+    # Samples are what a microphone heard: user content, kept out of reprs and logs.
+    frame = AudioFrame(np.full((480, 1), 12345, dtype=np.int16), 48_000)
+    text = repr(frame)
+    assert "12345" not in text
+    assert "480" in text and "48000" in text
+
+
 def test_tone_refuses_a_frequency_above_nyquist() -> None:
     with pytest.raises(InvalidArgument, match="tone frequency"):
         Tone(30_000)

@@ -14,7 +14,10 @@ import io
 import json
 import logging
 import os
+import socket
+import struct
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import anyio
 import httpx
 import numpy as np
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 from client_helpers import WAIT, served_with_http
 from PIL import Image
@@ -43,6 +47,7 @@ from leanjoin.adapters.cli.serve import http_port_for
 from leanjoin.adapters.client.files import room_of
 from leanjoin.adapters.client.png import encode_png
 from leanjoin.adapters.server.file_store import FileStore
+from leanjoin.adapters.server.http_api import MAX_PIXELS
 from leanjoin.adapters.server.lkdouble import tokens
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.adapters.server.shared_rooms import SharedRooms
@@ -175,6 +180,33 @@ async def test_a_file_over_the_image_size_limit_is_413(server: ReferenceServer) 
     with pytest.raises(HttpApiError) as refused:
         await files_of(server).upload(big)
     assert refused.value.status == 413 and f"limit of {LIMIT} bytes" in refused.value.detail
+    assert not list(server.files.directory.iterdir())
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that says it is ``width`` x ``height`` (1-bit grey), with one row of data:
+    a few hundred bytes that would decode into width x height x 3 bytes."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    row = zlib.compress(bytes(1 + (width + 7) // 8))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [9_000, 20_000], ids=["81-megapixels", "400-megapixels"])
+async def test_an_image_of_too_many_pixels_is_413_naming_its_size(
+    server: ReferenceServer, side: int
+) -> None:
+    # A few hundred bytes can claim a picture of gigabytes once decoded.
+    data = png_header(side, side)
+    assert len(data) < LIMIT
+    with pytest.raises(HttpApiError) as refused:
+        await files_of(server).upload(data)
+    assert refused.value.status == 413
+    assert f"over the limit of {MAX_PIXELS} pixels" in refused.value.detail
     assert not list(server.files.directory.iterdir())
 
 
@@ -353,6 +385,36 @@ async def test_an_unreachable_server_is_a_typed_error_without_status() -> None:
     with pytest.raises(HttpApiError) as failed:
         await FilesClient(base_url="http://127.0.0.1:9", api_key=KEY).get("file_1")
     assert failed.value.status is None and KEY not in str(failed.value)
+
+
+@contextlib.asynccontextmanager
+async def answering(status: int, body: str) -> AsyncIterator[str]:
+    """An HTTP server (not ours: a wrong base URL) that answers every request so."""
+
+    async def answer(_request: web.Request) -> web.Response:
+        return web.Response(status=status, text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    try:
+        await web.SockSite(runner, sock).start()
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+@pytest.mark.parametrize("status", [200, 500])
+async def test_an_answer_nested_past_the_json_parser_is_a_typed_error(status: int) -> None:
+    # Whatever a server answers, the caller gets an HttpApiError, never a RecursionError.
+    async with answering(status, "[" * 100_000) as url:
+        with pytest.raises(HttpApiError):
+            await FilesClient(base_url=url, api_key=KEY).get("file_1")
+        with pytest.raises(HttpApiError):
+            await watch_credentials("room-1", base_url=url, api_key=KEY)
 
 
 def test_bad_base_urls_and_no_key_are_invalid_arguments(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,7 +46,10 @@ def _b64(payload: object) -> str:
         (_b64({"room": "r"}), "names no room"),
         (_b64({"room_name": ""}), "names no room"),
         (_b64({"room_name": 7}), "names no room"),
+        # JSON nested past the parser's recursion limit is no token either.
+        (base64.b64encode(b"[" * 100_000).decode(), "not base64"),
     ],
+    ids=lambda value: value if len(value) < 40 else f"<{len(value)} chars>",
 )
 def test_subscribe_token_refusals_name_the_problem_not_the_token(token: str, says: str) -> None:
     with pytest.raises(InvalidArgument, match=says) as refused:

@@ -375,10 +375,21 @@ async def test_watch_of_an_unknown_session_or_with_a_bad_key_is_refused_by_the_s
         ("ws://127.0.0.1:8765/v1/stream", "http://127.0.0.1:8765"),
         ("wss://api3.decart.ai", "https://api3.decart.ai"),
         ("https://api.example/prefix", "https://api.example/prefix"),
+        # A proxy's base URL (connect appends the stream path below it): its prefix stays.
+        ("wss://proxy.example/decart", "https://proxy.example/decart"),
+        ("wss://proxy.example/decart/v1/stream", "https://proxy.example/decart"),
     ],
 )
 def test_watch_asks_the_host_of_the_url_the_session_used(url: str | None, base: str | None) -> None:
     assert watch_base_url(url) == base
+
+
+def test_watch_base_url_without_a_host_is_refused_without_quoting_it() -> None:
+    # A stream URL may carry the api key in its query (connect() refuses that, but
+    # the text is the caller's): the refusal must not repeat it.
+    with pytest.raises(InvalidArgument, match="host") as refused:
+        watch_base_url("wss:///v1/stream?api_key=sk-secret-1")
+    assert "sk-secret-1" not in str(refused.value)
 
 
 async def test_cli_watch_with_a_subscribe_token(server: ReferenceServer) -> None:

@@ -50,11 +50,16 @@ def _check_samples(_instance: object, _attribute: object, samples: Samples) -> N
         )
 
 
+def _shape(samples: Samples) -> str:
+    # What a microphone heard is user content: a repr (a log line) shows its shape only.
+    return f"<{samples.shape[0]}x{samples.shape[1]} int16>"
+
+
 @attrs.frozen(eq=False)
 class AudioFrame:
     """A chunk of audio: ``samples`` is (samples per channel, channels) int16."""
 
-    samples: Samples = attrs.field(validator=_check_samples)
+    samples: Samples = attrs.field(validator=_check_samples, repr=_shape)
     sample_rate: int
 
     @property

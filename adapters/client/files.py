@@ -246,7 +246,7 @@ class _Caller:
     def json(self, operation: str, response: httpx.Response) -> Any:
         try:
             return response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser
             raise self.failure(operation, response, "the answer is not JSON") from None
 
     def failure(self, operation: str, response: httpx.Response, detail: str) -> HttpApiError:
@@ -259,7 +259,7 @@ def _error_text(response: httpx.Response) -> str:
     text = response.text.strip()
     try:
         detail = json.loads(text).get("detail")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         detail = None
     if isinstance(detail, str) and detail:
         text = detail

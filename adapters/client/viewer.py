@@ -31,6 +31,7 @@ from .audio_sources import AudioFrame
 from .errors import InvalidArgument, WatchFailed
 from .fanout import Fanout
 from .files import watch_credentials
+from .models import STREAM_PATH
 from .room_audio import AUDIO_BUFFER, read_audio
 from .room_transport import MediaOptions, connect_shielded, read_video, reason_name
 from .video_sources import Frame
@@ -298,9 +299,11 @@ async def watch_room(
 
 def watch_base_url(url: str | None) -> str | None:
     """Where ``/watch-stream`` is asked, given what ``connect`` was given: a
-    stream or realtime URL (``ws[s]://host/...``) means its host over HTTP(S),
-    as the Python SDK derives it; an ``http[s]://`` base URL is used as it is;
-    None means the service's (``watch_credentials``' default)."""
+    realtime base URL (``ws[s]://host[/prefix]``) over HTTP(S), as the Python
+    SDK derives it; a stream endpoint (``.../v1/stream``) is its base URL
+    first; an ``http[s]://`` base URL is used as it is; None means the
+    service's (``watch_credentials``' default). Errors never quote the URL
+    (it may carry a key)."""
     if url is None:
         return None
     parts = urlsplit(url.strip())
@@ -308,8 +311,11 @@ def watch_base_url(url: str | None) -> str | None:
     if scheme is None:
         return url
     if not parts.netloc:
-        raise InvalidArgument(f"not a URL with a host: {url!r}")
-    return f"{scheme}://{parts.netloc}"
+        raise InvalidArgument("the URL has no host: pass ws[s]://host[/prefix] or http[s]://host")
+    path = parts.path.rstrip("/")
+    if path.endswith(STREAM_PATH):  # what connect() recognises as a stream endpoint
+        path = path[: -len(STREAM_PATH)]
+    return f"{scheme}://{parts.netloc}{path}"
 
 
 @asynccontextmanager

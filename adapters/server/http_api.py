@@ -13,7 +13,8 @@ Routes (the official JS client's files and subscribe clients call them):
   subscribe-only token for that room.
 
 Every route wants the api key in ``X-API-KEY``. Errors answer
-``{"detail": "..."}`` (the service's shape) with 400, 401, 404, 413 or 415;
+``{"detail": "..."}`` (the service's shape) with 400, 401, 404, 413 (over the
+byte limit, or over :data:`MAX_PIXELS` once decoded) or 415;
 no answer or log line quotes the key, a token or file content.
 """
 
@@ -31,8 +32,9 @@ from aiohttp import BodyPartReader, web
 from PIL import Image, UnidentifiedImageError
 
 from .file_store import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, FileStore
+from .prefetch import DEFAULT_MAX_PIXELS as MAX_PIXELS
 
-__all__ = ["HttpApi", "ViewerMinter", "make_app", "ttl_from_form"]
+__all__ = ["MAX_PIXELS", "HttpApi", "TooManyPixels", "ViewerMinter", "make_app", "ttl_from_form"]
 
 log = logging.getLogger("leanjoin.server.http")
 
@@ -72,14 +74,27 @@ def ttl_from_form(text: str | None) -> int | None:
     return seconds
 
 
-def image_type(data: bytes) -> str:
-    """The MIME type of an image the model can use; ValueError saying why not."""
+class TooManyPixels(ValueError):
+    """The image is small in bytes but too large once decoded."""
+
+
+def image_type(data: bytes, max_pixels: int = MAX_PIXELS) -> str:
+    """The MIME type of an image the model can use; ValueError saying why not
+    (:class:`TooManyPixels` for one over ``max_pixels``)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind = image.format or ""
+            width, height = image.size
             image.verify()
+    except Image.DecompressionBombError:  # Pillow's own bound, beyond ours: its text has no size
+        raise TooManyPixels(f"the image is over the limit of {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"the file is not an image ({type(exc).__name__})") from None
+    if width * height > max_pixels:
+        # A few hundred bytes can say so; decoding it would take width x height x 3 bytes.
+        raise TooManyPixels(
+            f"the image is {width}x{height} pixels, over the limit of {max_pixels} pixels"
+        )
     mime = _IMAGE_TYPES.get(kind)
     if mime is None:
         raise ValueError(f"the file is a {kind} image; the model takes PNG or JPEG")
@@ -139,6 +154,8 @@ async def _upload(request: web.Request) -> web.Response:
         return _problem(400, str(exc))
     try:
         mime = await asyncio.to_thread(image_type, data)
+    except TooManyPixels as exc:
+        return _problem(413, str(exc))
     except ValueError as exc:
         return _problem(415, str(exc))
     stored = await asyncio.to_thread(

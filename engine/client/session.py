@@ -207,7 +207,9 @@ def room_of_subscribe_token(token: str) -> str:
     standard = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
     try:
         payload = json.loads(base64.b64decode(standard, validate=True))
-    except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
+    # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors;
+    # RecursionError: JSON nested deeper than the parser goes.
+    except (ValueError, RecursionError):
         raise NotASubscribeToken(
             'subscribe token is not base64 of a JSON object {"room_name": ...}'
         ) from None

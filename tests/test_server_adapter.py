@@ -13,10 +13,12 @@ import base64
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 import tracemalloc
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -285,6 +287,35 @@ async def test_a_frame_before_the_join_is_refused_and_the_join_still_works() -> 
 
 
 # ---- hostile clients -------------------------------------------------------------------------------
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG of ``width`` x ``height`` black pixels: kilobytes that decode to
+    hundreds of megabytes (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress((b"\x00" * (1 + 3 * width)) * height, 9)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.anyio
+async def test_a_reference_claiming_too_many_pixels_is_refused_undecoded() -> None:
+    # 8000 x 8000 (192 MB of pixels once decoded) in about 190 KB: refused from
+    # its header, never decoded, with a reason that names the size.
+    bomb = base64.b64encode(png_claiming(8000, 8000)).decode()
+    assert len(bomb) < 300_000
+    async with running() as server, client(server) as socket:
+        await send(socket, {"type": "livekit_join", "passthrough": False})
+        await send(socket, {"type": "set_image", "image_data": bomb})
+        ack, _ = await until(socket, "set_image_ack")
+    assert ack["success"] is False
+    assert "8000x8000: over the 40,000,000-pixel limit" in ack["error"]
 
 
 @pytest.mark.anyio

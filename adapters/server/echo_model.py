@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from typing import Final
 
 import av
 import numpy as np
@@ -108,17 +109,35 @@ def echo_transform(
     return out
 
 
-def decode_reference(data: bytes) -> Frame:
+class _TooLarge(ValueError):
+    """An image whose header claims more pixels than may be decoded."""
+
+
+MAX_PIXELS: Final = 40_000_000
+"""Largest reference image (width x height) decoded: 160 MB of RGBA at most.
+A few kilobytes of PNG can claim far more (a decompression bomb)."""
+
+
+def decode_reference(data: bytes, max_pixels: int = MAX_PIXELS) -> Frame:
     """Decode PNG or JPEG bytes into an HxWx3 uint8 RGB array.
 
-    Raises ``ValueError`` when the bytes hold no decodable image.
+    Raises ``ValueError`` when the bytes hold no decodable image, or one of
+    more than ``max_pixels`` pixels (judged from its header, before decoding).
     """
     if not data:
         raise ValueError("reference image is empty")
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.video[0]
+            if stream.width * stream.height > max_pixels:
+                raise _TooLarge(
+                    f"reference image is {stream.width}x{stream.height}: over the "
+                    f"{max_pixels:,}-pixel limit"
+                )
             for frame in container.decode(video=0):
                 return np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
+    except _TooLarge:
+        raise
     except (av.error.FFmpegError, ValueError, IndexError) as exc:
         raise ValueError(f"reference image could not be decoded: {type(exc).__name__}") from exc
     raise ValueError("reference image holds no picture")

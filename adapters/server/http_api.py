@@ -31,8 +31,8 @@ from typing import Final
 from aiohttp import BodyPartReader, web
 from PIL import Image, UnidentifiedImageError
 
+from .echo_model import MAX_PIXELS
 from .file_store import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, MIN_TTL_SECONDS, FileStore
-from .prefetch import DEFAULT_MAX_PIXELS as MAX_PIXELS
 
 __all__ = ["MAX_PIXELS", "HttpApi", "TooManyPixels", "ViewerMinter", "make_app", "ttl_from_form"]
 

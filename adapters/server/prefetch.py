@@ -66,10 +66,10 @@ import numpy as np
 import pybase64
 from PIL import Image
 
-from .echo_model import Swatch, swatch
+from .echo_model import MAX_PIXELS, Swatch, swatch
 
-DEFAULT_MAX_PIXELS: Final = 40_000_000
-"""Largest image (width x height) speculated on: at most 160 MB of pixels."""
+DEFAULT_MAX_PIXELS: Final = MAX_PIXELS
+"""Largest image (width x height) speculated on: the decoder's own limit."""
 
 HEAD_LIMIT: Final = 4096
 """``image_data``'s string must begin within this many characters of the message."""

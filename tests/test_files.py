@@ -567,3 +567,16 @@ async def test_shared_rooms_batch_their_writes_on_an_event_loop(tmp_path: Path) 
     assert writes == 1
     rooms.close()
     other.close()
+
+
+async def test_an_upload_to_the_stream_port_says_which_url_is_wrong(
+    server: ReferenceServer,
+) -> None:
+    # The stream's WebSocket server drops a request with a body unanswered:
+    # the error names the likely mistake instead of only the protocol's words.
+    wrong = server.url.replace("ws://", "http://").removesuffix("/v1/stream")
+    async with FilesClient(base_url=wrong, api_key=KEY) as files:
+        with pytest.raises(HttpApiError) as failed:
+            await files.upload(PNG, filename="swatch.png")
+    assert failed.value.status is None
+    assert "not the stream's port" in str(failed.value) and KEY not in str(failed.value)

@@ -236,6 +236,9 @@ class _Caller:
                     response = await client.request(method, url, headers=headers, **request)
         except httpx.HTTPError as exc:
             reason = self.scrub(str(exc)) or "no answer"
+            if isinstance(exc, httpx.RemoteProtocolError) and "files" in request:
+                # What a WebSocket server does with a request that has a body.
+                reason += " (is the base URL the HTTP API's, not the stream's port?)"
             raise HttpApiError(operation, None, f"{type(exc).__name__}: {reason}") from None
         if response.is_success:
             return response

@@ -1290,3 +1290,41 @@ async def test_cancelling_a_connected_session_says_goodbye(lk: LiveKitDouble) ->
             await peer.closed.wait()
         assert (peer.close_code, peer.close_reason) == (1000, "client disconnect")
     await assert_nothing_left(lk, "room-1")
+
+
+async def test_converting_an_image_leaves_the_event_loop_free(
+    lk: LiveKitDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading and encoding a big image (tens of ms at 20 MB; slowed to 0.4 s
+    # here) runs beside the event loop, at connect and at set_image: the
+    # application's other tasks keep running meanwhile.
+    import time
+
+    from leanjoin.adapters.client.images import image_to_base64 as real
+
+    def slow(image: Any, **kwargs: Any) -> Base64Text:
+        time.sleep(0.4)
+        return real(image, **kwargs)
+
+    monkeypatch.setattr("leanjoin.adapters.client.api.image_to_base64", slow)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    png = encode_png(np.full((16, 16, 3), 200, dtype=np.uint8))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        async with FakeSignaling(lambda peer: healthy(peer, lk)) as server:
+            before = ticks
+            async with connect(
+                server.url, api_key=API_KEY, model="echo", camera=small_camera(), image=png
+            ) as session:
+                assert ticks - before >= 5, "the loop stood still while the image was converted"
+                before = ticks
+                await session.set_image(png)
+                assert ticks - before >= 5
+        tg.cancel_scope.cancel()

@@ -29,6 +29,7 @@ from typing import Final, Literal
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import attrs
 from livekit import rtc
 
@@ -55,6 +56,7 @@ from leanjoin.engine.client.outputs import (
     StateChanged,
 )
 from leanjoin.engine.client.session import ClientSession
+from leanjoin.engine.codec import Base64Text
 from leanjoin.engine.messages import ABSENT, ClientCapabilities
 
 from .audio_sources import AudioFrame, AudioSource
@@ -325,7 +327,7 @@ class Session:
         timeout: float | None,
     ) -> None:
         ref = None if image is None else file_ref(image)
-        data = None if image is None or ref is not None else image_to_base64(image)
+        data = None if image is None or ref is not None else await _converted(image)
         request = self._new_request()
         command = ChangeImage(
             request,
@@ -508,6 +510,12 @@ def _check_observability(stats_interval: float | None, stall_threshold: float | 
         )
 
 
+async def _converted(image: ImageInput) -> Base64Text:
+    """``image_to_base64`` in a worker thread: a 20 MB file is tens of
+    milliseconds of reading and encoding the event loop should not wait through."""
+    return await anyio.to_thread.run_sync(image_to_base64, image)
+
+
 @contextlib.contextmanager
 def _arguments_checked() -> Iterator[None]:
     """What refuses an argument of :func:`connect` (the configuration's own
@@ -612,7 +620,7 @@ async def connect(
             socket = attrs.evolve(socket, user_agent=config.user_agent)
         ref = None if image is None else file_ref(image)
         initial = InitialState(
-            image_data=None if image is None or ref is not None else image_to_base64(image),
+            image_data=None if image is None or ref is not None else await _converted(image),
             image_ref=ref,
             prompt=prompt,
             enhance_prompt=enhance_prompt,

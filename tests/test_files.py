@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import struct
+import subprocess
 import sys
 import zlib
 from collections.abc import AsyncIterator
@@ -580,3 +581,22 @@ async def test_an_upload_to_the_stream_port_says_which_url_is_wrong(
             await files.upload(PNG, filename="swatch.png")
     assert failed.value.status is None
     assert "not the stream's port" in str(failed.value) and KEY not in str(failed.value)
+
+
+def test_the_rooms_of_a_killed_worker_are_not_offered(tmp_path: Path) -> None:
+    # A worker killed outright (SIGKILL) cannot remove its file: its rooms are
+    # gone with its LiveKit double, and no viewer is sent there.
+    rooms, other = SharedRooms(tmp_path), SharedRooms(tmp_path)
+    rooms.note("leanjoin-1", "ws://127.0.0.1:7880")
+    assert other.find("leanjoin-1") == "ws://127.0.0.1:7880"
+    (written,) = tmp_path.glob("*.json")
+    pid_of_ended = _ended_pid()
+    written.rename(tmp_path / f"{pid_of_ended}-{written.name.partition('-')[2]}")
+    assert other.find("leanjoin-1") is None
+    other.close()
+
+
+def _ended_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

@@ -65,7 +65,7 @@ class SharedRooms:
         if (own := self._rooms.get(room)) is not None:
             return own
         for path in self.directory.glob("*.json"):
-            if path == self._file:
+            if path == self._file or not _writer_alive(path):
                 continue
             with contextlib.suppress(OSError, ValueError):  # gone or replaced meanwhile
                 rooms = json.loads(path.read_text())
@@ -106,3 +106,18 @@ class SharedRooms:
         partial = self._file.with_name(f".{self._file.name}.partial")
         partial.write_text(json.dumps(self._rooms))
         os.replace(partial, self._file)  # whole or absent, never half written
+
+
+def _writer_alive(path: Path) -> bool:
+    """Whether the worker that wrote ``path`` (``<pid>-<hex>.json``) still runs:
+    one killed outright (SIGKILL) left its file, and its rooms, behind."""
+    pid_text = path.name.partition("-")[0]
+    if not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

@@ -15,8 +15,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture
-async def reference_server() -> AsyncIterator[ReferenceServer]:
-    """A ReferenceServer with default knobs on 127.0.0.1 (for anyio tests)."""
+def anyio_backend() -> str:
+    """anyio tests run on asyncio: websockets and livekit.rtc are asyncio libraries."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ReferenceServer]:
+    """A ReferenceServer with default knobs on 127.0.0.1 (for anyio tests); a
+    module that needs other knobs defines its own ``server``."""
     from leanjoin.adapters.server.reference import ReferenceServer  # the server extra, if used
     from leanjoin.engine.server.knobs import ServerKnobs
 

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import wave
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,23 +44,11 @@ from leanjoin.adapters import (
 )
 from leanjoin.adapters.cli.main import main
 from leanjoin.adapters.server.reference import ReferenceServer
-from leanjoin.engine.server.knobs import ServerKnobs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.livekit]
 
 # Enough of the echo for a clean FFT: 0.5 s at 48 kHz gives 2 Hz bins.
 ANALYSED_SAMPLES = 24_000
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
-        yield running
 
 
 def session_args(server: ReferenceServer) -> dict[str, Any]:

@@ -51,17 +51,6 @@ WIDTH, HEIGHT = 320, 240
 TOLERANCE = 24
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
-        yield running
-
-
 def still(colour: tuple[int, int, int]) -> StillImage:
     return StillImage(np.full((HEIGHT, WIDTH, 3), colour, dtype=np.uint8), fps=15)
 

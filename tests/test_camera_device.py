@@ -39,11 +39,6 @@ WAIT = 10.0
 LINUX_ONLY = pytest.mark.skipif(sys.platform != "linux", reason="v4l2 paths are Linux's")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def take(frames: AsyncIterator[np.ndarray], count: int) -> list[np.ndarray]:
     taken: list[np.ndarray] = []
     with anyio.fail_after(WAIT):

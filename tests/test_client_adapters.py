@@ -84,11 +84,6 @@ T = TypeVar("T")
 API_KEY = "sk-test-5ecret-key"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # ---- helpers: collecting posted inputs ---------------------------------------------
 
 

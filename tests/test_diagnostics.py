@@ -327,11 +327,6 @@ async def test_bad_observability_arguments_are_refused_before_connecting(
             raise AssertionError("must not connect")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def test_the_session_started_line_says_how_viewers_join() -> None:
     # What `leanjoin watch --subscribe-token` takes is printed where the user looks.
     started = SessionStarted(A1, "s-1", "leanjoin-1", subscribe_token("leanjoin-1"))

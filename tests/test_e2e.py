@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +62,6 @@ from leanjoin.engine.server.knobs import FaultPhase, ServerKnobs
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.livekit]
 
 REFERENCE = np.full((48, 64, 3), (180, 70, 150), dtype=np.uint8)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
-        yield running
 
 
 async def output_frame(session: Session, check: Callable[[np.ndarray[Any, Any]], bool]) -> None:

@@ -85,11 +85,6 @@ DEFAULT_TIMEOUTS: Final = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # ---- the table ---------------------------------------------------------------------------------
 
 

@@ -69,11 +69,6 @@ def pillow_image(kind: str) -> bytes:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def server() -> AsyncIterator[ReferenceServer]:
     knobs = ServerKnobs(max_reference_bytes=LIMIT)
     async with ReferenceServer(api_key=KEY, knobs=knobs) as running:

@@ -46,11 +46,6 @@ UNKNOWN = "file_0123456789abcdef01234567"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def server() -> AsyncIterator[ReferenceServer]:
     async with ReferenceServer(host="127.0.0.1", port=0) as running:
         yield running

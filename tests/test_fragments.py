@@ -51,11 +51,6 @@ WAIT: Final = 10.0
 BIG: Final = base64.b64encode(os.urandom(3 * 1024 * 1024 * 3 // 4)).decode()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def digest(text: str) -> str:
     return json.dumps({"length": len(text), "sha256": hashlib.sha256(text.encode()).hexdigest()})
 

@@ -37,11 +37,6 @@ WIDTH, HEIGHT = 320, 240
 LEFT, RIGHT = (200, 60, 60), (60, 60, 200)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --- helpers -----------------------------------------------------------------
 
 

@@ -233,11 +233,6 @@ def test_any_reordering_yields_sent_frames_in_order_never_later_than_aiortc(
 # --- installed on a real ClientMedia -------------------------------------------------
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class _Decoding:
     """A real ``ClientMedia`` that counts the client frames it decoded."""
 

@@ -36,16 +36,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.livekit]
 E = TypeVar("E")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def server(reference_server: ReferenceServer) -> ReferenceServer:
-    return reference_server
-
-
 def args(server: ReferenceServer, events: list[Event], **more: Any) -> dict[str, Any]:
     return {**session_args(server, events), **more}
 

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -54,17 +53,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.livekit]
 SERVER_LOG = "leanjoin.server"
 PNG = encode_png(np.full((16, 16, 3), (200, 40, 90), dtype=np.uint8))
 PNG_BASE64 = base64.b64encode(PNG).decode()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
-        yield running
 
 
 def bounded(server: ReferenceServer) -> dict[str, Any]:

@@ -68,11 +68,6 @@ MARKER: Final = b"RAW-IMAGE-MARKER-7f3a9c"
 LOGGERS: Final = ("", "leanjoin", "websockets", "livekit", "aiortc", "aioice", "asyncio", "av")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def png_with_marker(colour: tuple[int, int, int]) -> bytes:
     """A decodable PNG whose bytes carry MARKER (in a tEXt chunk)."""
     png = encode_png(np.full((24, 32, 3), colour, dtype=np.uint8))

@@ -43,11 +43,6 @@ CAMERA = np.full((64, 48, 3), 100, dtype=np.uint8)
 NOISE = np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # no compression
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @asynccontextmanager
 async def running(**knobs: Any) -> AsyncIterator[ReferenceServer]:
     async with ReferenceServer(knobs=ServerKnobs(**knobs)) as server:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import AsyncIterator
 
 import pytest
 from client_helpers import LEANJOIN, served
@@ -15,20 +14,8 @@ from leanjoin.adapters.client.errors import InvalidArgument
 from leanjoin.adapters.client.preflight import Quality
 from leanjoin.adapters.client.session_probe import grade, judge, probe_session
 from leanjoin.adapters.server.reference import ReferenceServer
-from leanjoin.engine.server.knobs import ServerKnobs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.livekit]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
-        yield running
 
 
 async def test_a_working_session_is_measured_and_passes(server: ReferenceServer) -> None:

@@ -10,7 +10,6 @@ Every wait is bounded; no speed is asserted.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -50,20 +49,8 @@ from leanjoin.adapters.server.echo_model import (
 from leanjoin.adapters.server.lkdouble import LiveKitDouble
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.client.session import subscribe_token
-from leanjoin.engine.server.knobs import ServerKnobs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.livekit]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(host="127.0.0.1", port=0, knobs=ServerKnobs()) as running:
-        yield running
 
 
 def viewer_token(server: ReferenceServer, session: Session) -> str:

@@ -10,6 +10,7 @@ Every wait is bounded; no speed is asserted.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -332,6 +333,34 @@ async def test_cli_watch_leaves_politely_on_sigterm(server: ReferenceServer) -> 
         assert code == 0, lines
         assert "state: disconnected (client_initiated)" in lines
         await until(lambda: handle.viewers == 0)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_cli_watch_stopped_before_any_video_says_so(signum: signal.Signals) -> None:
+    # Ctrl-C in a dark room is the user's doing: the line must not claim the
+    # video timeout (20 s) ran out, which it did not.
+    async with LiveKitDouble() as lk:
+        lk.room("quiet")  # held, with nobody publishing
+        command = [str(LEANJOIN), "watch", "--livekit-url", lk.url]
+        env = watch_env(lk.mint_viewer_token(room="quiet"))
+        async with await anyio.open_process(command, env=env) as process:
+            assert process.stdout is not None and process.stderr is not None
+            lines: list[str] = []
+            with anyio.fail_after(30):
+                async for chunk in process.stdout:
+                    lines += chunk.decode().splitlines()
+                    if "watching room quiet" in lines:
+                        break
+                process.send_signal(signum)
+                async for chunk in process.stdout:
+                    lines += chunk.decode().splitlines()
+                err = b"".join([chunk async for chunk in process.stderr]).decode()
+                code = await process.wait()
+        assert code == 1, lines
+        assert "state: disconnected (client_initiated)" in lines
+        assert err.strip().splitlines() == [
+            "leanjoin: no video from quiet: stopped before any arrived"
+        ]
 
 
 # ---- watch(): a session's subscribe token, as the official clients' subscribe ----------------

@@ -73,6 +73,7 @@ class Watched:
     frames: int = 0
     seconds: float = 0.0
     reason: str | None = None  # why the room went away, if it did
+    interrupted: bool = False  # Ctrl-C or SIGTERM ended the watch
     last_frame: Frame | None = attrs.field(default=None, repr=False)
 
 
@@ -174,7 +175,9 @@ def watch(
     if watched.frames == 0:
         waited = video_timeout if seconds is None else min(seconds, video_timeout)
         why = f"none arrived within {waited:g} s"
-        if watched.reason and watched.reason != "client_initiated":
+        if watched.interrupted:
+            why = "stopped before any arrived"
+        elif watched.reason and watched.reason != "client_initiated":
             why = f"the room went away ({watched.reason})"
         _fail(f"no video from {room}: {why}")
 
@@ -266,6 +269,7 @@ async def _on_signals(stop: anyio.Event, watched: Watched, scope: anyio.CancelSc
         return  # signal handlers belong to the main thread (a test runner's worker)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
+            watched.interrupted = True
             if stop.is_set() or not watched.joined:
                 scope.cancel()
                 return

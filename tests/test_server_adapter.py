@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -788,3 +789,37 @@ def test_serve_workers_log_at_the_level_leanjoin_was_given(verbose: bool) -> Non
         assert len(phases) == 4 and all(" worker " in line for line in phases), log
     else:
         assert phases == [], log
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreads connections on Linux")
+@pytest.mark.parametrize(
+    ("options", "role"),
+    [
+        (["--port", "{busy}"], "--port"),
+        (["--port", "0", "--http-port", "{busy}"], "--http-port"),
+        (["--port", "{busy}", "--workers", "2"], "--port"),
+        (["--port", "0", "--http-port", "{busy}", "--workers", "2"], "--http-port"),
+    ],
+)
+def test_serve_on_a_port_in_use_fails_in_one_line(options: list[str], role: str) -> None:
+    # A port someone else holds is a user's everyday mistake: one line naming
+    # the address and its option, exit 1, not a traceback.
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        busy = str(holder.getsockname()[1])
+        command = [leanjoin, "serve", "--api-key", "k", *(o.format(busy=busy) for o in options)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"leanjoin: cannot listen on 127.0.0.1:{busy} ({role}): address already in use"
+    ]
+
+
+def test_serve_on_an_address_not_this_hosts_fails_in_one_line() -> None:
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    command = [leanjoin, "serve", "--api-key", "k", "--port", "0", "--host", "192.0.2.1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "leanjoin: cannot listen on 192.0.2.1:0 (--host): cannot assign requested address"
+    ]

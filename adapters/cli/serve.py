@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -34,6 +34,7 @@ from leanjoin.adapters.cli.workers import (
     knob_options,
     supervise,
 )
+from leanjoin.adapters.server.listening import CannotListen
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.server.knobs import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
 
@@ -285,35 +286,46 @@ def serve(
     # HOWTO's "Optimization"): ~1.5 us of each of a handshake's five lines.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup (file, line, function)
-    if workers > 1:
-        code = 1
-        with contextlib.suppress(KeyboardInterrupt):
-            code = asyncio.run(
-                supervise(
+    with _one_line_when_cannot_listen():
+        if workers > 1:
+            code = 1
+            with contextlib.suppress(KeyboardInterrupt):
+                code = asyncio.run(
+                    supervise(
+                        host,
+                        (port, http_port_for(port, http_port)),
+                        api_key,
+                        knob_options(knobs),
+                        workers,
+                        files_dir,
+                    )
+                )
+            click.echo("stopped", err=True)
+            sys.exit(code)
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
+            asyncio.run(
+                _run(
                     host,
-                    (port, http_port_for(port, http_port)),
+                    port,
                     api_key,
-                    knob_options(knobs),
-                    workers,
-                    files_dir,
+                    knobs,
+                    worker_index,
+                    http_port=http_port_for(port, http_port),
+                    files_dir=files_dir,
                 )
             )
-        click.echo("stopped", err=True)
-        sys.exit(code)
-    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
-        asyncio.run(
-            _run(
-                host,
-                port,
-                api_key,
-                knobs,
-                worker_index,
-                http_port=http_port_for(port, http_port),
-                files_dir=files_dir,
-            )
-        )
-    if worker_index is None:
-        click.echo("stopped", err=True)
+        if worker_index is None:
+            click.echo("stopped", err=True)
+
+
+@contextlib.contextmanager
+def _one_line_when_cannot_listen() -> Iterator[None]:
+    """A port in use or an address not this host's ends ``serve`` with its one line."""
+    try:
+        yield
+    except CannotListen as exc:
+        click.echo(f"leanjoin: {exc.strerror}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -355,6 +355,21 @@ async def test_an_unreachable_server_is_a_typed_error_without_status() -> None:
     assert failed.value.status is None and KEY not in str(failed.value)
 
 
+async def test_a_failure_names_the_url_it_asked(server: ReferenceServer) -> None:
+    # A base URL with a path typo answers 404 as a deleted file does: only the
+    # URL asked tells the user which mistake it was. Its password is not shown.
+    typo = FilesClient(base_url=f"{server.http_url}/v1", api_key=KEY)
+    with pytest.raises(FileNotFound) as failed:
+        await typo.get("file_1")
+    assert f"(GET {server.http_url}/v1/v1/files/file_1)" in str(failed.value)
+    unreachable = FilesClient(base_url="http://user:pass-word-9@127.0.0.1:9/", api_key=KEY)
+    with pytest.raises(HttpApiError) as unanswered:
+        await unreachable.delete("file_1")
+    message = str(unanswered.value)
+    assert "(DELETE http://127.0.0.1:9/v1/files/file_1)" in message
+    assert "pass-word-9" not in message and KEY not in message
+
+
 def test_bad_base_urls_and_no_key_are_invalid_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     for url in ("ws://127.0.0.1:1", "127.0.0.1:1", "http://h/x?api_key=1"):
         with pytest.raises(InvalidArgument, match="base_url"):
@@ -398,6 +413,9 @@ def test_cli_files_needs_a_key_and_a_valid_ttl(tmp_path: Path) -> None:
         main, ["files", "get", "file_1", "--base-url", "ftp://host"]
     )
     assert result.exit_code == 2 and "base_url must be an http:// or https:// URL" in result.output
+    for command in ("get", "delete"):  # usage, as the help's exit status says
+        result = CliRunner(env={"LEANJOIN_API_KEY": KEY}).invoke(main, ["files", command, ""])
+        assert result.exit_code == 2 and "'FILE_ID': empty" in result.output
 
 
 def test_serve_puts_the_http_api_next_to_the_stream_port() -> None:

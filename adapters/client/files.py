@@ -63,14 +63,20 @@ Ttl: TypeAlias = "int | Literal['persistent']"
 class HttpApiError(LeanJoinError):
     """A files or watch-stream request failed: ``status`` is the HTTP status
     (None: no answer, e.g. the host was unreachable), ``detail`` the server's
-    text (its JSON ``detail`` when it sent one) or the transport's reason."""
+    text (its JSON ``detail`` when it sent one) or the transport's reason;
+    ``request`` the method and URL asked (no credentials), which tells a base
+    URL's typo from a missing file."""
 
-    def __init__(self, operation: str, status: int | None, detail: str) -> None:
+    def __init__(
+        self, operation: str, status: int | None, detail: str, request: str | None = None
+    ) -> None:
         where = f"{status} - " if status is not None else ""
-        super().__init__(f"{operation} failed: {where}{detail}")
+        asked = f" ({request})" if request else ""
+        super().__init__(f"{operation} failed: {where}{detail}{asked}")
         self.operation = operation
         self.status = status
         self.detail = detail
+        self.request = request
 
 
 class FileNotFound(HttpApiError):
@@ -236,12 +242,20 @@ class _Caller:
                     response = await client.request(method, url, headers=headers, **request)
         except httpx.HTTPError as exc:
             reason = self.scrub(str(exc)) or "no answer"
-            raise HttpApiError(operation, None, f"{type(exc).__name__}: {reason}") from None
+            asked = self.asked(method, url)
+            raise HttpApiError(operation, None, f"{type(exc).__name__}: {reason}", asked) from None
         if response.is_success:
             return response
         detail = self.scrub(_error_text(response))
         kind = not_found if response.status_code == 404 else HttpApiError
-        raise kind(operation, response.status_code, detail)
+        raise kind(operation, response.status_code, detail, self.asked(method, url))
+
+    def asked(self, method: str, url: str) -> str:
+        """``METHOD URL`` for a message: no user or password, clipped."""
+        parts = urlsplit(url)
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        shown = shown if len(shown) <= _DETAIL_CHARS else shown[: _DETAIL_CHARS - 3] + "..."
+        return self.scrub(f"{method} {shown}")
 
     def json(self, operation: str, response: httpx.Response) -> Any:
         try:
@@ -251,7 +265,8 @@ class _Caller:
 
     def failure(self, operation: str, response: httpx.Response, detail: str) -> HttpApiError:
         """An answer that is no use: ``detail`` says why."""
-        return HttpApiError(self.scrub(operation), response.status_code, detail)
+        asked = self.asked(response.request.method, str(response.request.url))
+        return HttpApiError(self.scrub(operation), response.status_code, detail, asked)
 
 
 def _error_text(response: httpx.Response) -> str:

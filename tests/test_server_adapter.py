@@ -20,6 +20,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -823,3 +824,24 @@ def test_serve_on_an_address_not_this_hosts_fails_in_one_line() -> None:
     assert done.stderr.strip().splitlines() == [
         "leanjoin: cannot listen on 192.0.2.1:0 (--host): cannot assign requested address"
     ]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc lists a process's children")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_workers_stopped_while_starting_stop_quietly(signum: signal.Signals) -> None:
+    # Ctrl-C while the workers are still starting (seconds, on a busy machine)
+    # stops them all with "stopped" and no traceback of the abandoned wait.
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    command = [leanjoin, "serve", "--port", "0", "--api-key", "k", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 30
+    # The parent handles signals before it starts a worker; a worker takes far
+    # longer to import than this poll to see it.
+    while len(children.read_text().split()) < 2:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert out == "" and err.splitlines() == ["shutting down", "stopped"]

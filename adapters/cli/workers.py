@@ -199,6 +199,9 @@ async def _supervise(
         if not starting.done():
             starting.cancel()
             waiting.cancel()
+            # Its end read, or asyncio logs the cancelled wait as a traceback.
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
             if stop.is_set():
                 return 0
             raise click.ClickException(f"the workers did not listen within {READY_TIMEOUT:g} s")

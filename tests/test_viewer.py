@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from click.testing import CliRunner
 from client_helpers import (
     BAND_TOLERANCE,
     LEANJOIN,
@@ -41,6 +42,7 @@ from leanjoin.adapters import (
     watch,
     watch_room,
 )
+from leanjoin.adapters.cli.main import main
 from leanjoin.adapters.client.viewer import watch_base_url
 from leanjoin.adapters.server.echo_model import (
     colours_close,
@@ -427,3 +429,17 @@ async def test_cli_watch_with_a_subscribe_token(server: ReferenceServer) -> None
     assert done.returncode == 0, err
     assert f"watching room {session.room_name}" in out
     assert server.api_key not in out + err
+
+
+def test_cli_watch_says_which_option_or_variable_is_wrong() -> None:
+    # The command line's words, not the Python API's (api_key=, base_url).
+    token = subscribe_token("leanjoin-1a2b")
+    no_key = {"LEANJOIN_API_KEY": "", "DECART_API_KEY": "", "LEANJOIN_SUBSCRIBE_TOKEN": token}
+    result = CliRunner(env=no_key).invoke(main, ["watch", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "set the api key in LEANJOIN_API_KEY or DECART_API_KEY" in result.output
+    assert "api_key=" not in result.output
+    keyed = {**no_key, "LEANJOIN_API_KEY": "k"}
+    result = CliRunner(env=keyed).invoke(main, ["watch", "--url", "ftp://127.0.0.1:9"])
+    assert result.exit_code == 2 and "--url must be" in result.output
+    assert "base_url" not in result.output

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -30,6 +31,7 @@ import anyio.to_thread
 import attrs
 import click
 
+from leanjoin.adapters.client.endpoint import API_KEY_ENV_VARS, api_key_from_env
 from leanjoin.adapters.client.errors import InvalidArgument, LeanJoinError
 from leanjoin.adapters.client.files import watch_credentials
 from leanjoin.adapters.client.png import write_png
@@ -83,6 +85,18 @@ def _target(
     if subscribe_token:
         if livekit_url:
             _fail("give --subscribe-token or --livekit-url, not both", ExitCode.USAGE)
+        if api_key_from_env() is None:
+            names = " or ".join(API_KEY_ENV_VARS)
+            _fail(
+                f"set the api key in {names}: the subscribe token is exchanged with it",
+                ExitCode.USAGE,
+            )
+        if url is not None and not _exchange_url(url):  # not echoed: it may carry a key
+            _fail(
+                "--url must be the stream URL (ws:// or wss://) or an HTTP base URL "
+                "(http:// or https://) with a host",
+                ExitCode.USAGE,
+            )
         return SubscribeTarget(subscribe_token, url)
     if not livekit_url:
         _fail(
@@ -94,6 +108,15 @@ def _target(
         _fail(f"no viewer token: pass --token or set {TOKEN_ENV}", ExitCode.USAGE)
     assert livekit_url is not None and token is not None
     return WatchTarget(livekit_url, token)
+
+
+def _exchange_url(url: str) -> bool:
+    """Whether ``--url`` names a host where ``/watch-stream`` can be asked."""
+    try:
+        base = urlsplit(watch_base_url(url) or "")
+    except InvalidArgument:
+        return False
+    return base.scheme in ("http", "https") and bool(base.netloc)
 
 
 EXIT_STATUS: Final = (

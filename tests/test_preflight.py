@@ -127,13 +127,17 @@ def test_the_verdict_uses_the_js_clients_bands(
         ("stun:stun.l.google.com:19302", ("stun.l.google.com", 19302)),
         ("stun:example.org", ("example.org", 3478)),
         ("STUN:[::1]", ("::1", 3478)),
+        ("stun:[::1]:3479", ("::1", 3479)),  # an IPv6 literal with its port (RFC 7064)
     ],
 )
 def test_stun_urls(url: str, expected: tuple[str, int]) -> None:
     assert parse_stun_url(url) == expected
 
 
-@pytest.mark.parametrize("url", ["http://x", "stun:", "stun:host:0", "stun:host:http", "host:1"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://x", "stun:", "stun:host:0", "stun:host:http", "host:1", "stun:[::1]x", "stun:[]"],
+)
 def test_a_bad_stun_url_is_refused_naming_it(url: str) -> None:
     with pytest.raises(InvalidArgument, match="STUN server URL") as caught:
         parse_stun_url(url)

@@ -89,9 +89,17 @@ def parse_stun_url(url: str) -> tuple[str, int]:
     scheme, sep, rest = url.partition(":")
     if not sep or scheme.lower() != "stun" or not rest:
         raise InvalidArgument(f"not a STUN server URL (stun:host[:port]): {url!r}")
-    host, colon, port_text = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
+    if rest.startswith("["):  # an IPv6 literal, its port after the bracket
+        host, bracket, after = rest[1:].partition("]")
+        colon, port_text = after[:1], after[1:]
+        if not host or not bracket or (after and colon != ":"):
+            raise InvalidArgument(f"not a STUN server URL (stun:host[:port]): {url!r}")
+    elif rest.count(":") == 1:
+        host, colon, port_text = rest.partition(":")
+    else:  # a bare name, or an IPv6 literal without brackets (and so without a port)
+        host, colon, port_text = rest, "", ""
     if not colon:
-        return rest.strip("[]"), 3478
+        return host, 3478
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise InvalidArgument(f"bad port in STUN server URL {url!r}")
     return host, int(port_text)

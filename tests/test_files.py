@@ -209,6 +209,35 @@ async def test_a_body_without_a_file_is_400(server: ReferenceServer) -> None:
     assert not_multipart.status_code == 400 and "multipart" in not_multipart.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (
+            "multipart/form-data; boundary=xx",
+            b'--xx\r\nContent-Disposition: form-data; name="file"',
+        ),
+        (
+            "multipart/form-data; boundary=xx",
+            b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n',
+        ),
+        ("multipart/form-data", b"no boundary given"),
+    ],
+)
+async def test_a_malformed_or_cut_short_multipart_body_is_400(
+    server: ReferenceServer, content_type: str, body: bytes
+) -> None:
+    # A client's bug, or an upload cut off mid-way: the client is told, and
+    # the server logs no traceback of its own.
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(
+            f"{server.http_url}/v1/files",
+            headers={"x-api-key": KEY, "content-type": content_type},
+            content=body,
+        )
+    assert answer.status_code == 400, answer.text
+    assert "multipart" in answer.json()["detail"]
+
+
 @pytest.mark.parametrize("ttl", ["59", "2592001", "-60", "1.5", "soon", ""])
 async def test_the_server_refuses_a_bad_ttl(server: ReferenceServer, ttl: str) -> None:
     async with httpx.AsyncClient() as client:

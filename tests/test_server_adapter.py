@@ -845,3 +845,20 @@ def test_serve_workers_stopped_while_starting_stop_quietly(signum: signal.Signal
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert out == "" and err.splitlines() == ["shutting down", "stopped"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_with_a_files_dir_it_cannot_use_is_a_usage_error(
+    tmp_path: Path, workers: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    command = [leanjoin, "serve", "--api-key", "k", "--port", "0", "--workers", workers]
+    command += ["--files-dir", str(a_file / "files")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: Invalid value for '--files-dir': cannot use {a_file / 'files'}: Not a directory"
+    )

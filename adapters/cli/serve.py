@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -264,6 +265,8 @@ def serve(
     --fault-connections hold per worker (protocol §10.8).
     """
     knobs = knobs_from_options(knob_values)
+    if files_dir is not None and worker_index is None:
+        _check_files_dir(files_dir)
     if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
         raise click.UsageError("--workers needs SO_REUSEPORT, which this system lacks")
     if worker_index is not None:  # started by a parent's --workers
@@ -316,6 +319,19 @@ def serve(
             )
         if worker_index is None:
             click.echo("stopped", err=True)
+
+
+def _check_files_dir(files_dir: Path) -> None:
+    """``--files-dir`` made if missing and writable, or a usage error saying why."""
+    try:
+        files_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=files_dir):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise click.BadParameter(
+            f"cannot use {files_dir}: {reason}", param_hint="'--files-dir'"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -862,3 +862,11 @@ def test_serve_with_a_files_dir_it_cannot_use_is_a_usage_error(
     assert done.stderr.strip().splitlines()[-1] == (
         f"Error: Invalid value for '--files-dir': cannot use {a_file / 'files'}: Not a directory"
     )
+
+
+def test_serve_help_documents_its_exit_codes() -> None:
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    done = subprocess.run([leanjoin, "serve", "--help"], capture_output=True, text=True, timeout=60)
+    documented = done.stdout.partition("Exit status:")[2]
+    assert [line.split()[0] for line in documented.strip().splitlines()] == ["0", "1", "2"]
+    assert "could not listen" in documented and "--files-dir" in documented

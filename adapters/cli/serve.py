@@ -200,7 +200,14 @@ async def _run(
             click.echo("shutting down", err=True)
 
 
-@click.command("serve")
+EXIT_STATUS: Final = """\b
+Exit status:
+  0  stopped by Ctrl-C or SIGTERM
+  1  could not listen (a port in use, an address not this host's), or a worker died
+  2  usage: a bad option (a --files-dir that cannot be used included)"""
+
+
+@click.command("serve", epilog=EXIT_STATUS)
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option(
     "--port",

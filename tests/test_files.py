@@ -399,6 +399,33 @@ async def test_a_failure_names_the_url_it_asked(server: ReferenceServer) -> None
     assert "pass-word-9" not in message and KEY not in message
 
 
+@pytest.mark.parametrize("key", ["sk-secret-42\n", " sk-secret-42", "sk-sécret-42"])
+async def test_a_key_no_header_can_carry_is_refused_without_showing_it(key: str) -> None:
+    # A key read from a file keeps its newline; the HTTP library's own error
+    # then quoted the header's bytes, the key among them.
+    for call in (
+        lambda: FilesClient(base_url="http://127.0.0.1:9", api_key=key).get("file_1"),
+        lambda: watch_credentials("room", base_url="http://127.0.0.1:9", api_key=key),
+    ):
+        with pytest.raises(InvalidArgument, match="api key") as refused:
+            await call()
+        assert "secret" not in str(refused.value)
+
+
+async def test_bad_timeouts_and_text_mode_files_are_invalid_arguments(
+    server: ReferenceServer, tmp_path: Path
+) -> None:
+    for timeout in (0.0, -1.0, float("nan")):
+        with pytest.raises(InvalidArgument, match="timeout"):
+            FilesClient(base_url=server.http_url, api_key=KEY, timeout=timeout)
+    image = tmp_path / "a.png"
+    image.write_bytes(PNG)
+    with image.open() as text_mode, pytest.raises(InvalidArgument, match="binary mode"):
+        await files_of(server).upload(text_mode)  # type: ignore[arg-type]
+    spaced = FilesClient(base_url=f" {server.http_url}/ ", api_key=KEY)  # pasted
+    assert (await spaced.upload(PNG)).mime_type == "image/png"
+
+
 def test_bad_base_urls_and_no_key_are_invalid_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     for url in ("ws://127.0.0.1:1", "127.0.0.1:1", "http://h/x?api_key=1"):
         with pytest.raises(InvalidArgument, match="base_url"):

@@ -16,6 +16,7 @@ quote the api key or a token.
 from __future__ import annotations
 
 import json
+import math
 import mimetypes
 import os
 from pathlib import Path
@@ -130,7 +131,7 @@ class WatchCredentials:
 
 
 def _base_url(url: str | None, default: str) -> str:
-    base = (url or default).rstrip("/")
+    base = (url or default).strip().rstrip("/")  # pasted with a space or a newline
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidArgument(
@@ -147,7 +148,20 @@ def _api_key(api_key: str | None) -> str:
     if not key:
         names = " or ".join(API_KEY_ENV_VARS)
         raise InvalidArgument(f"no api key: pass api_key= or set {names}")
+    # A header carries visible ASCII only; the HTTP library's own error would
+    # quote the header, key and all. Not echoed here either.
+    if not all("!" <= char <= "~" for char in key):
+        raise InvalidArgument(
+            "the api key has a space, a newline or a non-ASCII character, which an "
+            "HTTP header cannot carry (a key read from a file keeps its newline)"
+        )
     return key
+
+
+def _check_timeout(timeout: float) -> float:
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+        raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return timeout
 
 
 def _check_ttl(ttl_seconds: Ttl | None) -> None:
@@ -193,7 +207,10 @@ def _read_upload(file: Upload) -> tuple[bytes, str | None]:
         except OSError as exc:  # the path is the caller's own: naming it is safe
             raise InvalidArgument(f"cannot read {str(path)!r}: {exc.strerror}") from None
     if callable(getattr(file, "read", None)):
-        data = file.read()
+        try:
+            data = file.read()
+        except UnicodeDecodeError:  # a text-mode file of an image
+            data = None
         if not isinstance(data, bytes):
             raise InvalidArgument("the file object must be opened in binary mode ('rb')")
         name = getattr(file, "name", None)
@@ -300,7 +317,7 @@ class FilesClient:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.base_url = _base_url(base_url, DEFAULT_API_BASE_URL)
-        self._caller = _Caller(_api_key(api_key), integration, timeout)
+        self._caller = _Caller(_api_key(api_key), integration, _check_timeout(timeout))
         self._timeout = timeout
 
     def __repr__(self) -> str:
@@ -393,7 +410,7 @@ async def watch_credentials(
     for ``leanjoin serve`` it is the server's HTTP API URL."""
     room = room_of(subscribe_token_or_room)
     base = _base_url(base_url, DEFAULT_WATCH_BASE_URL)
-    caller = _Caller(_api_key(api_key), integration, timeout)
+    caller = _Caller(_api_key(api_key), integration, _check_timeout(timeout))
     operation = f"watch-stream of room {room[:64]!r}"
     response = await caller.call(
         operation,

@@ -439,6 +439,8 @@ def test_cli_watch_says_which_option_or_variable_is_wrong() -> None:
     assert result.exit_code == 2
     assert "set the api key in LEANJOIN_API_KEY or DECART_API_KEY" in result.output
     assert "api_key=" not in result.output
+    help_text = CliRunner().invoke(main, ["watch", "--help"]).output
+    assert "2  usage: a bad option, or no URL, token or api key" in help_text
     keyed = {**no_key, "LEANJOIN_API_KEY": "k"}
     result = CliRunner(env=keyed).invoke(main, ["watch", "--url", "ftp://127.0.0.1:9"])
     assert result.exit_code == 2 and "--url must be" in result.output

@@ -122,7 +122,7 @@ def _exchange_url(url: str) -> bool:
 EXIT_STATUS: Final = (
     "\b\nExit status:\n  0  video was received\n"
     "  1  none was (refused, unreachable, the room went away or stayed dark)\n"
-    "  2  usage: a bad option, or no URL or token"
+    "  2  usage: a bad option, or no URL, token or api key"
 )
 
 

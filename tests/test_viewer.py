@@ -229,6 +229,11 @@ async def test_a_refused_viewer_token_fails_without_showing_it() -> None:
         assert isinstance(failed.value, LeanJoinError)
         assert "signature" in str(failed.value)
         assert foreign not in str(failed.value)
+        with anyio.fail_after(WAIT), pytest.raises(WatchFailed) as failed:
+            async with watch_room(lk.url, "not-a-token"):
+                raise AssertionError("joined with no token at all")
+        # One line: the server's answer ends in a newline, not the message.
+        assert str(failed.value).endswith("token is malformed"), str(failed.value)
         with pytest.raises(InvalidArgument, match="token"):
             async with watch_room(lk.url, " "):
                 pass

@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import functools
+import http.server
 import io
 import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -397,6 +400,24 @@ async def test_a_failure_names_the_url_it_asked(server: ReferenceServer) -> None
     message = str(unanswered.value)
     assert "(DELETE http://127.0.0.1:9/v1/files/file_1)" in message
     assert "pass-word-9" not in message and KEY not in message
+
+
+async def test_an_html_error_page_is_one_line_that_questions_the_base_url(tmp_path: Path) -> None:
+    # Some other web server at the base URL: its error page is no reason to quote.
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        thread = threading.Thread(target=web.serve_forever, daemon=True)
+        thread.start()
+        try:
+            other = FilesClient(base_url=f"http://127.0.0.1:{web.server_port}", api_key=KEY)
+            with pytest.raises(FileNotFound) as failed:
+                await other.get("file_1")
+        finally:
+            web.shutdown()
+            thread.join(timeout=5)
+    message = str(failed.value)
+    assert "\n" not in message and "<html" not in message.lower()
+    assert "an HTML page, not the API's answer: is the base URL right?" in message
 
 
 @pytest.mark.parametrize("key", ["sk-secret-42\n", " sk-secret-42", "sk-sécret-42"])

@@ -287,8 +287,12 @@ class _Caller:
 
 
 def _error_text(response: httpx.Response) -> str:
-    """The server's ``detail`` when it sent JSON with one, else its text (clipped)."""
-    text = response.text.strip()
+    """The server's ``detail`` when it sent JSON with one, else its text (one
+    line, clipped); an HTML page is some other web server's, not quoted."""
+    if response.headers.get("content-type", "").startswith("text/html"):
+        reason = response.reason_phrase or "an error"
+        return f"{reason} (an HTML page, not the API's answer: is the base URL right?)"
+    text = " ".join(response.text.split())
     try:
         detail = json.loads(text).get("detail")
     except (ValueError, AttributeError):

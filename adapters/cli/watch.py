@@ -84,7 +84,10 @@ def _target(
 ) -> WatchTarget | SubscribeTarget:
     if subscribe_token:
         if livekit_url:
-            _fail("give --subscribe-token or --livekit-url, not both", ExitCode.USAGE)
+            _fail(
+                f"give --subscribe-token (or {SUBSCRIBE_ENV}) or --livekit-url, not both",
+                ExitCode.USAGE,
+            )
         if api_key_from_env() is None:
             names = " or ".join(API_KEY_ENV_VARS)
             _fail(

@@ -445,7 +445,7 @@ def test_cli_watch_says_which_option_or_variable_is_wrong() -> None:
     assert "set the api key in LEANJOIN_API_KEY or DECART_API_KEY" in result.output
     assert "api_key=" not in result.output
     # A subscribe token left in the environment is named with the clash.
-    result = CliRunner(env=keyed).invoke(main, ["watch", "--livekit-url", "ws://127.0.0.1:9"])
+    result = CliRunner(env=no_key).invoke(main, ["watch", "--livekit-url", "ws://127.0.0.1:9"])
     assert result.exit_code == 2 and "LEANJOIN_SUBSCRIBE_TOKEN" in result.output
     help_text = CliRunner().invoke(main, ["watch", "--help"]).output
     assert "2  usage: a bad option, or no URL, token or api key" in help_text

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import functools
+import http.server
 import io
 import json
 import logging
@@ -18,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -237,6 +240,35 @@ async def test_a_body_without_a_file_is_400(server: ReferenceServer) -> None:
     assert not_multipart.status_code == 400 and "multipart" in not_multipart.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (
+            "multipart/form-data; boundary=xx",
+            b'--xx\r\nContent-Disposition: form-data; name="file"',
+        ),
+        (
+            "multipart/form-data; boundary=xx",
+            b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n',
+        ),
+        ("multipart/form-data", b"no boundary given"),
+    ],
+)
+async def test_a_malformed_or_cut_short_multipart_body_is_400(
+    server: ReferenceServer, content_type: str, body: bytes
+) -> None:
+    # A client's bug, or an upload cut off mid-way: the client is told, and
+    # the server logs no traceback of its own.
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(
+            f"{server.http_url}/v1/files",
+            headers={"x-api-key": KEY, "content-type": content_type},
+            content=body,
+        )
+    assert answer.status_code == 400, answer.text
+    assert "multipart" in answer.json()["detail"]
+
+
 @pytest.mark.parametrize("ttl", ["59", "2592001", "-60", "1.5", "soon", ""])
 async def test_the_server_refuses_a_bad_ttl(server: ReferenceServer, ttl: str) -> None:
     async with httpx.AsyncClient() as client:
@@ -413,6 +445,66 @@ async def test_an_answer_nested_past_the_json_parser_is_a_typed_error(status: in
             await watch_credentials("room-1", base_url=url, api_key=KEY)
 
 
+async def test_a_failure_names_the_url_it_asked(server: ReferenceServer) -> None:
+    # A base URL with a path typo answers 404 as a deleted file does: only the
+    # URL asked tells the user which mistake it was. Its password is not shown.
+    typo = FilesClient(base_url=f"{server.http_url}/v1", api_key=KEY)
+    with pytest.raises(FileNotFound) as failed:
+        await typo.get("file_1")
+    assert f"(GET {server.http_url}/v1/v1/files/file_1)" in str(failed.value)
+    unreachable = FilesClient(base_url="http://user:pass-word-9@127.0.0.1:9/", api_key=KEY)
+    with pytest.raises(HttpApiError) as unanswered:
+        await unreachable.delete("file_1")
+    message = str(unanswered.value)
+    assert "(DELETE http://127.0.0.1:9/v1/files/file_1)" in message
+    assert "pass-word-9" not in message and KEY not in message
+
+
+async def test_an_html_error_page_is_one_line_that_questions_the_base_url(tmp_path: Path) -> None:
+    # Some other web server at the base URL: its error page is no reason to quote.
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        thread = threading.Thread(target=web.serve_forever, daemon=True)
+        thread.start()
+        try:
+            other = FilesClient(base_url=f"http://127.0.0.1:{web.server_port}", api_key=KEY)
+            with pytest.raises(FileNotFound) as failed:
+                await other.get("file_1")
+        finally:
+            web.shutdown()
+            thread.join(timeout=5)
+    message = str(failed.value)
+    assert "\n" not in message and "<html" not in message.lower()
+    assert "an HTML page, not the API's answer: is the base URL right?" in message
+
+
+@pytest.mark.parametrize("key", ["sk-secret-42\n", " sk-secret-42", "sk-sécret-42"])
+async def test_a_key_no_header_can_carry_is_refused_without_showing_it(key: str) -> None:
+    # A key read from a file keeps its newline; the HTTP library's own error
+    # then quoted the header's bytes, the key among them.
+    for call in (
+        lambda: FilesClient(base_url="http://127.0.0.1:9", api_key=key).get("file_1"),
+        lambda: watch_credentials("room", base_url="http://127.0.0.1:9", api_key=key),
+    ):
+        with pytest.raises(InvalidArgument, match="api key") as refused:
+            await call()
+        assert "secret" not in str(refused.value)
+
+
+async def test_bad_timeouts_and_text_mode_files_are_invalid_arguments(
+    server: ReferenceServer, tmp_path: Path
+) -> None:
+    for timeout in (0.0, -1.0, float("nan")):
+        with pytest.raises(InvalidArgument, match="timeout"):
+            FilesClient(base_url=server.http_url, api_key=KEY, timeout=timeout)
+    image = tmp_path / "a.png"
+    image.write_bytes(PNG)
+    with image.open() as text_mode, pytest.raises(InvalidArgument, match="binary mode"):
+        await files_of(server).upload(text_mode)  # type: ignore[arg-type]
+    spaced = FilesClient(base_url=f" {server.http_url}/ ", api_key=KEY)  # pasted
+    assert (await spaced.upload(PNG)).mime_type == "image/png"
+
+
 def test_bad_base_urls_and_no_key_are_invalid_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     for url in ("ws://127.0.0.1:1", "127.0.0.1:1", "http://h/x?api_key=1"):
         with pytest.raises(InvalidArgument, match="base_url"):
@@ -456,6 +548,9 @@ def test_cli_files_needs_a_key_and_a_valid_ttl(tmp_path: Path) -> None:
         main, ["files", "get", "file_1", "--base-url", "ftp://host"]
     )
     assert result.exit_code == 2 and "base_url must be an http:// or https:// URL" in result.output
+    for command in ("get", "delete"):  # usage, as the help's exit status says
+        result = CliRunner(env={"LEANJOIN_API_KEY": KEY}).invoke(main, ["files", command, ""])
+        assert result.exit_code == 2 and "'FILE_ID': empty" in result.output
 
 
 def test_serve_puts_the_http_api_next_to_the_stream_port() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -143,3 +144,29 @@ def test_every_lazy_command_loads_under_its_own_name() -> None:
             command = main.get_command(ctx, name)
             assert isinstance(command, click.Command)
             assert command.name == name
+
+
+def test_ctrl_c_while_the_command_is_still_importing_ends_it_without_a_traceback() -> None:
+    # The first second of `leanjoin ...` is imports; a Ctrl-C then ends the
+    # process as the signal does (no Python traceback), as one later does.
+    done = _python(
+        """
+        import sys
+
+        class CtrlC:  # the user's Ctrl-C, arriving while the client API is imported
+            def find_spec(self, name, path=None, target=None):
+                if name == "leanjoin.adapters.client.api":
+                    raise KeyboardInterrupt
+                return None
+
+        sys.meta_path.insert(0, CtrlC())
+        sys.argv = ["leanjoin", "watch"]
+        from leanjoin.adapters.cli.launch import entry
+        entry()
+        """
+    )
+    assert done.returncode == -signal.SIGINT
+    assert done.stdout == "" and done.stderr == ""
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"] == {
+        "leanjoin": "leanjoin.adapters.cli.launch:entry"
+    }

@@ -101,6 +101,24 @@ async def test_a_server_that_cannot_be_reached_at_all_is_critical() -> None:
     assert (report.quality, report.transport) == (Quality.CRITICAL, Transport.FAILED)
 
 
+async def test_each_server_that_told_nothing_is_named_with_why() -> None:
+    # A typo in the host or the port must show in the report: the verdict
+    # alone ("needs a TURN relay", "unlikely to work") blames the network.
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    refusing = f"stun:127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there now: the host answers ICMP port unreachable
+    with anyio.fail_after(10):
+        report = await check_connectivity([refusing], timeout=2)
+    assert (
+        f"{refusing}: refused: port unreachable (nothing listens there, or a firewall refuses it)"
+        in report.reasons
+    )
+    with anyio.fail_after(10):
+        report = await check_connectivity(["stun:no-such-host.invalid:3478"], timeout=2)
+    assert "stun:no-such-host.invalid:3478: the host name does not resolve" in report.reasons
+
+
 @pytest.mark.parametrize(
     ("transport", "rtt", "quality"),
     [
@@ -129,6 +147,7 @@ def test_the_verdict_uses_the_js_clients_bands(
         ("STUN:[::1]", ("::1", 3478)),
         ("stun:[::1]:19302", ("::1", 19302)),
         ("stun:[2001:db8::1]:3478", ("2001:db8::1", 3478)),
+        ("stun:[::1]:3479", ("::1", 3479)),  # an IPv6 literal with its port (RFC 7064)
     ],
 )
 def test_stun_urls(url: str, expected: tuple[str, int]) -> None:

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -814,3 +816,83 @@ def test_serve_workers_log_at_the_level_leanjoin_was_given(verbose: bool) -> Non
         assert len(phases) == 4 and all(" worker " in line for line in phases), log
     else:
         assert phases == [], log
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreads connections on Linux")
+@pytest.mark.parametrize(
+    ("options", "role"),
+    [
+        (["--port", "{busy}"], "--port"),
+        (["--port", "0", "--http-port", "{busy}"], "--http-port"),
+        (["--port", "{busy}", "--workers", "2"], "--port"),
+        (["--port", "0", "--http-port", "{busy}", "--workers", "2"], "--http-port"),
+    ],
+)
+def test_serve_on_a_port_in_use_fails_in_one_line(options: list[str], role: str) -> None:
+    # A port someone else holds is a user's everyday mistake: one line naming
+    # the address and its option, exit 1, not a traceback.
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        busy = str(holder.getsockname()[1])
+        command = [leanjoin, "serve", "--api-key", "k", *(o.format(busy=busy) for o in options)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"leanjoin: cannot listen on 127.0.0.1:{busy} ({role}): address already in use"
+    ]
+
+
+def test_serve_on_an_address_not_this_hosts_fails_in_one_line() -> None:
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    command = [leanjoin, "serve", "--api-key", "k", "--port", "0", "--host", "192.0.2.1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "leanjoin: cannot listen on 192.0.2.1:0 (--host): cannot assign requested address"
+    ]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc lists a process's children")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_workers_stopped_while_starting_stop_quietly(signum: signal.Signals) -> None:
+    # Ctrl-C while the workers are still starting (seconds, on a busy machine)
+    # stops them all with "stopped" and no traceback of the abandoned wait.
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    command = [leanjoin, "serve", "--port", "0", "--api-key", "k", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 30
+    # The parent handles signals before it starts a worker; a worker takes far
+    # longer to import than this poll to see it.
+    while len(children.read_text().split()) < 2:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert out == "" and err.splitlines() == ["shutting down", "stopped"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_with_a_files_dir_it_cannot_use_is_a_usage_error(
+    tmp_path: Path, workers: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    command = [leanjoin, "serve", "--api-key", "k", "--port", "0", "--workers", workers]
+    command += ["--files-dir", str(a_file / "files")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: Invalid value for '--files-dir': cannot use {a_file / 'files'}: Not a directory"
+    )
+
+
+def test_serve_help_documents_its_exit_codes() -> None:
+    leanjoin = str(sys.executable).rsplit("/", 1)[0] + "/leanjoin"
+    done = subprocess.run([leanjoin, "serve", "--help"], capture_output=True, text=True, timeout=60)
+    documented = done.stdout.partition("Exit status:")[2]
+    assert [line.split()[0] for line in documented.strip().splitlines()] == ["0", "1", "2"]
+    assert "could not listen" in documented and "--files-dir" in documented

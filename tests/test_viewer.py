@@ -10,10 +10,12 @@ Every wait is bounded; no speed is asserted.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import anyio
 import pytest
+from click.testing import CliRunner
 from client_helpers import (
     BAND_TOLERANCE,
     LEANJOIN,
@@ -39,6 +41,7 @@ from leanjoin.adapters import (
     watch,
     watch_room,
 )
+from leanjoin.adapters.cli.main import main
 from leanjoin.adapters.client.viewer import watch_base_url
 from leanjoin.adapters.server.echo_model import (
     colours_close,
@@ -213,6 +216,11 @@ async def test_a_refused_viewer_token_fails_without_showing_it() -> None:
         assert isinstance(failed.value, LeanJoinError)
         assert "signature" in str(failed.value)
         assert foreign not in str(failed.value)
+        with anyio.fail_after(WAIT), pytest.raises(WatchFailed) as failed:
+            async with watch_room(lk.url, "not-a-token"):
+                raise AssertionError("joined with no token at all")
+        # One line: the server's answer ends in a newline, not the message.
+        assert str(failed.value).endswith("token is malformed"), str(failed.value)
         with pytest.raises(InvalidArgument, match="token"):
             async with watch_room(lk.url, " "):
                 pass
@@ -321,6 +329,34 @@ async def test_cli_watch_leaves_politely_on_sigterm(server: ReferenceServer) -> 
         await until(lambda: handle.viewers == 0)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_cli_watch_stopped_before_any_video_says_so(signum: signal.Signals) -> None:
+    # Ctrl-C in a dark room is the user's doing: the line must not claim the
+    # video timeout (20 s) ran out, which it did not.
+    async with LiveKitDouble() as lk:
+        lk.room("quiet")  # held, with nobody publishing
+        command = [str(LEANJOIN), "watch", "--livekit-url", lk.url]
+        env = watch_env(lk.mint_viewer_token(room="quiet"))
+        async with await anyio.open_process(command, env=env) as process:
+            assert process.stdout is not None and process.stderr is not None
+            lines: list[str] = []
+            with anyio.fail_after(30):
+                async for chunk in process.stdout:
+                    lines += chunk.decode().splitlines()
+                    if "watching room quiet" in lines:
+                        break
+                process.send_signal(signum)
+                async for chunk in process.stdout:
+                    lines += chunk.decode().splitlines()
+                err = b"".join([chunk async for chunk in process.stderr]).decode()
+                code = await process.wait()
+        assert code == 1, lines
+        assert "state: disconnected (client_initiated)" in lines
+        assert err.strip().splitlines() == [
+            "leanjoin: no video from quiet: stopped before any arrived"
+        ]
+
+
 # ---- watch(): a session's subscribe token, as the official clients' subscribe ----------------
 
 
@@ -396,3 +432,22 @@ async def test_cli_watch_with_a_subscribe_token(server: ReferenceServer) -> None
     assert done.returncode == 0, err
     assert f"watching room {session.room_name}" in out
     assert server.api_key not in out + err
+
+
+def test_cli_watch_says_which_option_or_variable_is_wrong() -> None:
+    # The command line's words, not the Python API's (api_key=, base_url).
+    token = subscribe_token("leanjoin-1a2b")
+    no_key = {"LEANJOIN_API_KEY": "", "DECART_API_KEY": "", "LEANJOIN_SUBSCRIBE_TOKEN": token}
+    result = CliRunner(env=no_key).invoke(main, ["watch", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "set the api key in LEANJOIN_API_KEY or DECART_API_KEY" in result.output
+    assert "api_key=" not in result.output
+    # A subscribe token left in the environment is named with the clash.
+    result = CliRunner(env=no_key).invoke(main, ["watch", "--livekit-url", "ws://127.0.0.1:9"])
+    assert result.exit_code == 2 and "LEANJOIN_SUBSCRIBE_TOKEN" in result.output
+    help_text = CliRunner().invoke(main, ["watch", "--help"]).output
+    assert "2  usage: a bad option, or no URL, token or api key" in help_text
+    keyed = {**no_key, "LEANJOIN_API_KEY": "k"}
+    result = CliRunner(env=keyed).invoke(main, ["watch", "--url", "ftp://127.0.0.1:9"])
+    assert result.exit_code == 2 and "--url must be" in result.output
+    assert "base_url" not in result.output

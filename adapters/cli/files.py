@@ -83,6 +83,13 @@ def _run(call: Callable[[], Awaitable[T]]) -> T:
         raise SystemExit(1) from None
 
 
+def _file_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """FILE_ID: not empty (an empty one is a usage error, exit 2)."""
+    if not value.strip():
+        raise click.BadParameter("empty: give the id that upload printed (file_...)")
+    return value
+
+
 def _print(reference: FileReference) -> None:
     click.echo(json.dumps(attrs.asdict(reference)))
 
@@ -108,7 +115,7 @@ def upload(path: Path, ttl: Ttl | None, base_url: str) -> None:
 
 
 @files.command("get", epilog=EXIT_STATUS)
-@click.argument("file_id")
+@click.argument("file_id", callback=_file_id)
 @_base_url_option
 def get(file_id: str, base_url: str) -> None:
     """Print the FileReference of FILE_ID."""
@@ -117,7 +124,7 @@ def get(file_id: str, base_url: str) -> None:
 
 
 @files.command("delete", epilog=EXIT_STATUS)
-@click.argument("file_id")
+@click.argument("file_id", callback=_file_id)
 @_base_url_option
 def delete(file_id: str, base_url: str) -> None:
     """Delete FILE_ID."""

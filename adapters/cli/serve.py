@@ -21,7 +21,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -34,6 +35,7 @@ from leanjoin.adapters.cli.workers import (
     knob_options,
     supervise,
 )
+from leanjoin.adapters.server.listening import CannotListen
 from leanjoin.adapters.server.reference import ReferenceServer
 from leanjoin.engine.server.knobs import AckDrop, FaultPhase, MediaFailurePhase, ServerKnobs
 
@@ -198,7 +200,14 @@ async def _run(
             click.echo("shutting down", err=True)
 
 
-@click.command("serve")
+EXIT_STATUS: Final = """\b
+Exit status:
+  0  stopped by Ctrl-C or SIGTERM
+  1  could not listen (a port in use, an address not this host's), or a worker died
+  2  usage: a bad option (a --files-dir that cannot be used included)"""
+
+
+@click.command("serve", epilog=EXIT_STATUS)
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option(
     "--port",
@@ -263,6 +272,8 @@ def serve(
     --fault-connections hold per worker (protocol §10.8).
     """
     knobs = knobs_from_options(knob_values)
+    if files_dir is not None and worker_index is None:
+        _check_files_dir(files_dir)
     if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
         raise click.UsageError("--workers needs SO_REUSEPORT, which this system lacks")
     if worker_index is not None:  # started by a parent's --workers
@@ -285,35 +296,59 @@ def serve(
     # HOWTO's "Optimization"): ~1.5 us of each of a handshake's five lines.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup (file, line, function)
-    if workers > 1:
-        code = 1
-        with contextlib.suppress(KeyboardInterrupt):
-            code = asyncio.run(
-                supervise(
+    with _one_line_when_cannot_listen():
+        if workers > 1:
+            code = 1
+            with contextlib.suppress(KeyboardInterrupt):
+                code = asyncio.run(
+                    supervise(
+                        host,
+                        (port, http_port_for(port, http_port)),
+                        api_key,
+                        knob_options(knobs),
+                        workers,
+                        files_dir,
+                    )
+                )
+            click.echo("stopped", err=True)
+            sys.exit(code)
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
+            asyncio.run(
+                _run(
                     host,
-                    (port, http_port_for(port, http_port)),
+                    port,
                     api_key,
-                    knob_options(knobs),
-                    workers,
-                    files_dir,
+                    knobs,
+                    worker_index,
+                    http_port=http_port_for(port, http_port),
+                    files_dir=files_dir,
                 )
             )
-        click.echo("stopped", err=True)
-        sys.exit(code)
-    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during shutdown
-        asyncio.run(
-            _run(
-                host,
-                port,
-                api_key,
-                knobs,
-                worker_index,
-                http_port=http_port_for(port, http_port),
-                files_dir=files_dir,
-            )
-        )
-    if worker_index is None:
-        click.echo("stopped", err=True)
+        if worker_index is None:
+            click.echo("stopped", err=True)
+
+
+def _check_files_dir(files_dir: Path) -> None:
+    """``--files-dir`` made if missing and writable, or a usage error saying why."""
+    try:
+        files_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=files_dir):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise click.BadParameter(
+            f"cannot use {files_dir}: {reason}", param_hint="'--files-dir'"
+        ) from None
+
+
+@contextlib.contextmanager
+def _one_line_when_cannot_listen() -> Iterator[None]:
+    """A port in use or an address not this host's ends ``serve`` with its one line."""
+    try:
+        yield
+    except CannotListen as exc:
+        click.echo(f"leanjoin: {exc.strerror}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

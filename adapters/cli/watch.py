@@ -23,6 +23,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -30,6 +31,7 @@ import anyio.to_thread
 import attrs
 import click
 
+from leanjoin.adapters.client.endpoint import API_KEY_ENV_VARS, api_key_from_env
 from leanjoin.adapters.client.errors import InvalidArgument, LeanJoinError
 from leanjoin.adapters.client.files import watch_credentials
 from leanjoin.adapters.client.png import write_png
@@ -73,6 +75,7 @@ class Watched:
     frames: int = 0
     seconds: float = 0.0
     reason: str | None = None  # why the room went away, if it did
+    interrupted: bool = False  # Ctrl-C or SIGTERM ended the watch
     last_frame: Frame | None = attrs.field(default=None, repr=False)
 
 
@@ -81,7 +84,22 @@ def _target(
 ) -> WatchTarget | SubscribeTarget:
     if subscribe_token:
         if livekit_url:
-            _fail("give --subscribe-token or --livekit-url, not both", ExitCode.USAGE)
+            _fail(
+                f"give --subscribe-token (or {SUBSCRIBE_ENV}) or --livekit-url, not both",
+                ExitCode.USAGE,
+            )
+        if api_key_from_env() is None:
+            names = " or ".join(API_KEY_ENV_VARS)
+            _fail(
+                f"set the api key in {names}: the subscribe token is exchanged with it",
+                ExitCode.USAGE,
+            )
+        if url is not None and not _exchange_url(url):  # not echoed: it may carry a key
+            _fail(
+                "--url must be the stream URL (ws:// or wss://) or an HTTP base URL "
+                "(http:// or https://) with a host",
+                ExitCode.USAGE,
+            )
         return SubscribeTarget(subscribe_token, url)
     if not livekit_url:
         _fail(
@@ -95,10 +113,19 @@ def _target(
     return WatchTarget(livekit_url, token)
 
 
+def _exchange_url(url: str) -> bool:
+    """Whether ``--url`` names a host where ``/watch-stream`` can be asked."""
+    try:
+        base = urlsplit(watch_base_url(url) or "")
+    except InvalidArgument:
+        return False
+    return base.scheme in ("http", "https") and bool(base.netloc)
+
+
 EXIT_STATUS: Final = (
     "\b\nExit status:\n  0  video was received\n"
     "  1  none was (refused, unreachable, the room went away or stayed dark)\n"
-    "  2  usage: a bad option, or no URL or token"
+    "  2  usage: a bad option, or no URL, token or api key"
 )
 
 
@@ -174,7 +201,9 @@ def watch(
     if watched.frames == 0:
         waited = video_timeout if seconds is None else min(seconds, video_timeout)
         why = f"none arrived within {waited:g} s"
-        if watched.reason and watched.reason != "client_initiated":
+        if watched.interrupted:
+            why = "stopped before any arrived"
+        elif watched.reason and watched.reason != "client_initiated":
             why = f"the room went away ({watched.reason})"
         _fail(f"no video from {room}: {why}")
 
@@ -266,6 +295,7 @@ async def _on_signals(stop: anyio.Event, watched: Watched, scope: anyio.CancelSc
         return  # signal handlers belong to the main thread (a test runner's worker)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
+            watched.interrupted = True
             if stop.is_set() or not watched.joined:
                 scope.cancel()
                 return

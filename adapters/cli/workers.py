@@ -46,6 +46,7 @@ from typing import Any, Final
 import attrs
 import click
 
+from leanjoin.adapters.server.listening import binding
 from leanjoin.adapters.server.reference import STREAM_PATH
 from leanjoin.engine.server.knobs import ServerKnobs
 
@@ -61,9 +62,15 @@ STOP_TIMEOUT: Final = 30.0  # seconds a worker gets to stop after SIGTERM
 log = logging.getLogger("leanjoin.serve")
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
+def reserve_port(host: str, port: int, option: str) -> socket.socket:
     """A socket bound to ``host``:``port`` (0: any free port) with
-    ``SO_REUSEPORT``, not listening: it holds the port for the workers."""
+    ``SO_REUSEPORT``, not listening: it holds the port for the workers;
+    :class:`CannotListen` naming ``option`` when it cannot."""
+    with binding(host, port, option):
+        return _reserve(host, port)
+
+
+def _reserve(host: str, port: int) -> socket.socket:
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -120,8 +127,8 @@ async def supervise(
     each worker gets; uploads go to ``files_dir`` (None: a temporary directory,
     removed at the end). The exit code."""
     with contextlib.ExitStack() as stack:
-        reservation = stack.enter_context(reserve_port(host, ports[0]))
-        http_reservation = stack.enter_context(reserve_port(host, ports[1]))
+        reservation = stack.enter_context(reserve_port(host, ports[0], "--port"))
+        http_reservation = stack.enter_context(reserve_port(host, ports[1], "--http-port"))
         if files_dir is None:
             files_dir = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="leanjoin-files-"))
@@ -192,6 +199,9 @@ async def _supervise(
         if not starting.done():
             starting.cancel()
             waiting.cancel()
+            # Its end read, or asyncio logs the cancelled wait as a traceback.
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
             if stop.is_set():
                 return 0
             raise click.ClickException(f"the workers did not listen within {READY_TIMEOUT:g} s")

@@ -16,6 +16,7 @@ quote the api key or a token.
 from __future__ import annotations
 
 import json
+import math
 import mimetypes
 import os
 from pathlib import Path
@@ -63,14 +64,20 @@ Ttl: TypeAlias = "int | Literal['persistent']"
 class HttpApiError(LeanJoinError):
     """A files or watch-stream request failed: ``status`` is the HTTP status
     (None: no answer, e.g. the host was unreachable), ``detail`` the server's
-    text (its JSON ``detail`` when it sent one) or the transport's reason."""
+    text (its JSON ``detail`` when it sent one) or the transport's reason;
+    ``request`` the method and URL asked (no credentials), which tells a base
+    URL's typo from a missing file."""
 
-    def __init__(self, operation: str, status: int | None, detail: str) -> None:
+    def __init__(
+        self, operation: str, status: int | None, detail: str, request: str | None = None
+    ) -> None:
         where = f"{status} - " if status is not None else ""
-        super().__init__(f"{operation} failed: {where}{detail}")
+        asked = f" ({request})" if request else ""
+        super().__init__(f"{operation} failed: {where}{detail}{asked}")
         self.operation = operation
         self.status = status
         self.detail = detail
+        self.request = request
 
 
 class FileNotFound(HttpApiError):
@@ -124,7 +131,7 @@ class WatchCredentials:
 
 
 def _base_url(url: str | None, default: str) -> str:
-    base = (url or default).rstrip("/")
+    base = (url or default).strip().rstrip("/")  # pasted with a space or a newline
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidArgument(
@@ -141,7 +148,20 @@ def _api_key(api_key: str | None) -> str:
     if not key:
         names = " or ".join(API_KEY_ENV_VARS)
         raise InvalidArgument(f"no api key: pass api_key= or set {names}")
+    # A header carries visible ASCII only; the HTTP library's own error would
+    # quote the header, key and all. Not echoed here either.
+    if not all("!" <= char <= "~" for char in key):
+        raise InvalidArgument(
+            "the api key has a space, a newline or a non-ASCII character, which an "
+            "HTTP header cannot carry (a key read from a file keeps its newline)"
+        )
     return key
+
+
+def _check_timeout(timeout: float) -> float:
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+        raise InvalidArgument(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return timeout
 
 
 def _check_ttl(ttl_seconds: Ttl | None) -> None:
@@ -187,7 +207,10 @@ def _read_upload(file: Upload) -> tuple[bytes, str | None]:
         except OSError as exc:  # the path is the caller's own: naming it is safe
             raise InvalidArgument(f"cannot read {str(path)!r}: {exc.strerror}") from None
     if callable(getattr(file, "read", None)):
-        data = file.read()
+        try:
+            data = file.read()
+        except UnicodeDecodeError:  # a text-mode file of an image
+            data = None
         if not isinstance(data, bytes):
             raise InvalidArgument("the file object must be opened in binary mode ('rb')")
         name = getattr(file, "name", None)
@@ -236,15 +259,23 @@ class _Caller:
                     response = await client.request(method, url, headers=headers, **request)
         except httpx.HTTPError as exc:
             reason = self.scrub(str(exc)) or "no answer"
+            asked = self.asked(method, url)
             if isinstance(exc, httpx.RemoteProtocolError) and "files" in request:
                 # What a WebSocket server does with a request that has a body.
                 reason += " (is the base URL the HTTP API's, not the stream's port?)"
-            raise HttpApiError(operation, None, f"{type(exc).__name__}: {reason}") from None
+            raise HttpApiError(operation, None, f"{type(exc).__name__}: {reason}", asked) from None
         if response.is_success:
             return response
         detail = self.scrub(_error_text(response))
         kind = not_found if response.status_code == 404 else HttpApiError
-        raise kind(operation, response.status_code, detail)
+        raise kind(operation, response.status_code, detail, self.asked(method, url))
+
+    def asked(self, method: str, url: str) -> str:
+        """``METHOD URL`` for a message: no user or password, clipped."""
+        parts = urlsplit(url)
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        shown = shown if len(shown) <= _DETAIL_CHARS else shown[: _DETAIL_CHARS - 3] + "..."
+        return self.scrub(f"{method} {shown}")
 
     def json(self, operation: str, response: httpx.Response) -> Any:
         try:
@@ -254,12 +285,17 @@ class _Caller:
 
     def failure(self, operation: str, response: httpx.Response, detail: str) -> HttpApiError:
         """An answer that is no use: ``detail`` says why."""
-        return HttpApiError(self.scrub(operation), response.status_code, detail)
+        asked = self.asked(response.request.method, str(response.request.url))
+        return HttpApiError(self.scrub(operation), response.status_code, detail, asked)
 
 
 def _error_text(response: httpx.Response) -> str:
-    """The server's ``detail`` when it sent JSON with one, else its text (clipped)."""
-    text = response.text.strip()
+    """The server's ``detail`` when it sent JSON with one, else its text (one
+    line, clipped); an HTML page is some other web server's, not quoted."""
+    if response.headers.get("content-type", "").startswith("text/html"):
+        reason = response.reason_phrase or "an error"
+        return f"{reason} (an HTML page, not the API's answer: is the base URL right?)"
+    text = " ".join(response.text.split())
     try:
         detail = json.loads(text).get("detail")
     except (ValueError, AttributeError, RecursionError):
@@ -288,7 +324,7 @@ class FilesClient:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.base_url = _base_url(base_url, DEFAULT_API_BASE_URL)
-        self._caller = _Caller(_api_key(api_key), integration, timeout)
+        self._caller = _Caller(_api_key(api_key), integration, _check_timeout(timeout))
         self._timeout = timeout
 
     def __repr__(self) -> str:
@@ -381,7 +417,7 @@ async def watch_credentials(
     for ``leanjoin serve`` it is the server's HTTP API URL."""
     room = room_of(subscribe_token_or_room)
     base = _base_url(base_url, DEFAULT_WATCH_BASE_URL)
-    caller = _Caller(_api_key(api_key), integration, timeout)
+    caller = _Caller(_api_key(api_key), integration, _check_timeout(timeout))
     operation = f"watch-stream of room {room[:64]!r}"
     response = await caller.call(
         operation,

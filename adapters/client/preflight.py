@@ -89,14 +89,14 @@ def parse_stun_url(url: str) -> tuple[str, int]:
     scheme, sep, rest = url.partition(":")
     if not sep or scheme.lower() != "stun" or not rest:
         raise InvalidArgument(f"not a STUN server URL (stun:host[:port]): {url!r}")
-    if rest.startswith("["):  # an IPv6 address, bracketed as in a URL, then maybe ":port"
+    if rest.startswith("["):  # an IPv6 literal, its port after the bracket
         host, bracket, after = rest[1:].partition("]")
-        if not bracket or not host or (after and not after.startswith(":")):
-            raise InvalidArgument(f"bad IPv6 address in STUN server URL {url!r}")
         colon, port_text = after[:1], after[1:]
+        if not host or not bracket or (after and colon != ":"):
+            raise InvalidArgument(f"not a STUN server URL (stun:host[:port]): {url!r}")
     elif rest.count(":") == 1:
         host, colon, port_text = rest.partition(":")
-    else:  # a host name, IPv4 address or bare IPv6 address: no port
+    else:  # a bare name, or an IPv6 literal without brackets (and so without a port)
         host, colon, port_text = rest, "", ""
     if not colon:
         return host, 3478
@@ -126,7 +126,10 @@ async def check_connectivity(
         url, rtt = probe.answer
         return attrs.evolve(classify(Transport.UDP, rtt), stun_server=url)
     # A request went out but none came back: UDP is blocked or filtered on the way.
-    return classify(Transport.RELAY if probe.sent else Transport.FAILED, None)
+    report = classify(Transport.RELAY if probe.sent else Transport.FAILED, None)
+    # Which server told nothing and why: a typo in a host or port shows here.
+    notes = tuple(f"{url}: {why}" for url, why in probe.failures.items())
+    return attrs.evolve(report, reasons=report.reasons + notes)
 
 
 @attrs.define
@@ -135,30 +138,37 @@ class _Probe:
 
     sent: bool = False
     answer: tuple[str, int] | None = None
+    failures: dict[str, str] = attrs.Factory(dict)  # url -> why it told nothing
     done: anyio.CancelScope = attrs.Factory(anyio.CancelScope)
 
     async def run(self, url: str, host: str, port: int) -> None:
         try:
             infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            family, *_, address = infos[0]
-            async with await anyio.create_connected_udp_socket(
-                address[0],
-                address[1],
-                family=socket.AF_INET6 if family == socket.AF_INET6 else socket.AF_INET,
-            ) as udp:
-                await self._exchange(url, udp)
-        except OSError:  # no name, no route: this server tells nothing
+        except OSError:
+            self.failures[url] = "the host name does not resolve"
             return
+        family, kind, proto, _, address = infos[0]
+        # A plain non-blocking socket, not anyio's UDP stream: on asyncio that
+        # keeps an ICMP error (port unreachable) to itself, and a refused port
+        # looked like UDP filtered on the way.
+        with socket.socket(family, kind, proto) as udp:
+            udp.setblocking(False)
+            try:
+                udp.connect(address)
+                await self._exchange(url, udp)
+            except OSError as exc:  # no route
+                self.failures.setdefault(url, _why_unanswered(exc))
 
-    async def _exchange(self, url: str, udp: anyio.abc.ConnectedUDPSocket) -> None:
+    async def _exchange(self, url: str, udp: socket.socket) -> None:
         request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
         start = anyio.current_time()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._resend, udp, bytes(request))
+            tg.start_soon(self._resend, url, udp, bytes(request))
             try:
-                async for data in udp:
+                while True:
+                    await anyio.wait_readable(udp)
                     try:
-                        answer = stun.parse_message(data)
+                        answer = stun.parse_message(udp.recv(2048))
                     except ValueError:
                         continue  # not STUN: keep listening
                     if (
@@ -170,16 +180,24 @@ class _Probe:
                             self.answer = (url, rtt)
                         self.done.cancel()
                         return
-            except OSError:  # an ICMP error, read back: no STUN service there
-                return
+            except OSError as exc:  # an ICMP error, read back: no STUN service there
+                self.failures.setdefault(url, _why_unanswered(exc))
             finally:
                 tg.cancel_scope.cancel()
 
-    async def _resend(self, udp: anyio.abc.ConnectedUDPSocket, request: bytes) -> None:
+    async def _resend(self, url: str, udp: socket.socket, request: bytes) -> None:
         while True:
             try:
-                await udp.send(request)
-            except OSError:  # no route; the reader ends on its own or at the timeout
+                udp.send(request)  # a datagram: sent whole or refused, never waits
+            except OSError as exc:  # the reader ends on its own or at the timeout
+                self.failures.setdefault(url, _why_unanswered(exc))
                 return
             self.sent = True
             await anyio.sleep(RETRANSMIT)
+
+
+def _why_unanswered(exc: OSError) -> str:
+    """A probe's socket error, as the reason its server told nothing."""
+    if isinstance(exc, ConnectionRefusedError):  # ICMP port unreachable
+        return "refused: port unreachable (nothing listens there, or a firewall refuses it)"
+    return f"no answer ({exc.strerror or exc})"

@@ -220,10 +220,10 @@ async def connect_shielded(
             failure = f"room connect took longer than {timeout:g} s"
             log.warning("%s: %s; the native connection may linger", who, failure)
             return failure
-        except rtc.ConnectError as exc:
-            return scrub_token(exc.message, token)
+        except rtc.ConnectError as exc:  # one line: a server's answer may end in a newline
+            return " ".join(scrub_token(exc.message, token).split())
         except Exception as exc:
-            return scrub_token(f"{type(exc).__name__}: {exc}", token)
+            return " ".join(scrub_token(f"{type(exc).__name__}: {exc}", token).split())
     return None
 
 

@@ -128,22 +128,25 @@ async def _upload(request: web.Request) -> web.Response:
     data: bytes | None = None
     filename: str | None = None
     ttl_text: str | None = None
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            return _problem(400, "nested multipart bodies are not accepted")
-        if part.name == "file":
-            filename = part.filename
-            data = await _read_bounded(part, limit)
-            if data is None:
-                return _problem(413, f"the file is over the limit of {limit} bytes")
-        elif part.name == "ttl_seconds":
-            raw = await _read_bounded(part, _FIELD_BYTES)
-            ttl_text = None if raw is None else raw.decode("utf-8", "replace").strip()
-            if ttl_text is None:
-                return _problem(400, "ttl_seconds is too long")
-        else:
-            await part.release()  # an unknown field is ignored
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                return _problem(400, "nested multipart bodies are not accepted")
+            if part.name == "file":
+                filename = part.filename
+                data = await _read_bounded(part, limit)
+                if data is None:
+                    return _problem(413, f"the file is over the limit of {limit} bytes")
+            elif part.name == "ttl_seconds":
+                raw = await _read_bounded(part, _FIELD_BYTES)
+                ttl_text = None if raw is None else raw.decode("utf-8", "replace").strip()
+                if ttl_text is None:
+                    return _problem(400, "ttl_seconds is too long")
+            else:
+                await part.release()  # an unknown field is ignored
+    except ValueError:  # aiohttp's word for a malformed or cut-short body
+        return _problem(400, "the multipart body is malformed or cut short")
     if data is None:
         return _problem(400, "the multipart body has no 'file' field")
     if not data:

@@ -75,6 +75,7 @@ from leanjoin.engine.server.session import ServerSession
 from .echo_model import Swatch, decode_reference, echo_transform, swatch
 from .file_store import FileStore
 from .http_api import WATCH_PATH, HttpApi, make_app
+from .listening import binding
 from .lkdouble import LiveKitDouble, RoomHandle
 from .reading import Prefetching, Uplink, UplinkConnection, receive
 from .shared_rooms import SharedRooms
@@ -291,27 +292,29 @@ class ReferenceServer:
         return len(self._connections)
 
     async def __aenter__(self) -> ReferenceServer:
-        await self._livekit.start()
+        with binding(self._host, 0, "--host"):  # the LiveKit double: any free port
+            await self._livekit.start()
         try:
-            self._server = await serve(
-                self._serve,
-                self._host,
-                self._port,
-                process_request=self._route,
-                # A frame somewhat over the engine's limit still reaches the engine,
-                # which answers with an error naming the limit; beyond twice the
-                # limit websockets itself closes the connection with 1009.
-                max_size=2 * self.knobs.max_frame_bytes,
-                # permessage-deflate keeps zlib contexts per connection (about 40 KiB
-                # of an idle connection, measured) for frames that are mostly base64.
-                compression=None,
-                # asyncio's default accept backlog (100) drops a burst of connects,
-                # and a dropped SYN costs its client a one-second retransmit.
-                backlog=LISTEN_BACKLOG,
-                reuse_port=self._reuse_port,
-                create_connection=UplinkConnection,
-                logger=_wire_logger(),
-            )
+            with binding(self._host, self._port, "--port"):
+                self._server = await serve(
+                    self._serve,
+                    self._host,
+                    self._port,
+                    process_request=self._route,
+                    # A frame somewhat over the engine's limit still reaches the engine,
+                    # which answers with an error naming the limit; beyond twice the
+                    # limit websockets itself closes the connection with 1009.
+                    max_size=2 * self.knobs.max_frame_bytes,
+                    # permessage-deflate keeps zlib contexts per connection (about 40 KiB
+                    # of an idle connection, measured) for frames that are mostly base64.
+                    compression=None,
+                    # asyncio's default accept backlog (100) drops a burst of connects,
+                    # and a dropped SYN costs its client a one-second retransmit.
+                    backlog=LISTEN_BACKLOG,
+                    reuse_port=self._reuse_port,
+                    create_connection=UplinkConnection,
+                    logger=_wire_logger(),
+                )
         except BaseException:
             await self._livekit.aclose()
             raise
@@ -338,7 +341,8 @@ class ReferenceServer:
             viewers=self._viewer_credentials,
         )
         self._http = HttpApi(app, self._host, self._http_port, reuse_port=self._reuse_port)
-        await self._http.start()
+        with binding(self._host, self._http_port, "--http-port"):
+            await self._http.start()
 
     async def _viewer_credentials(self, room_name: str) -> tuple[str, str] | None:
         """A viewer's LiveKit URL and subscribe-only token, if a session has this

@@ -279,3 +279,26 @@ def test_a_query_param_that_is_not_key_value_is_a_usage_error(value: str) -> Non
     assert result.exit_code == 2
     assert "--query-param" in result.output
     assert ("KEY=VALUE" in result.output) != ("set by leanjoin" in result.output)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["connect"],
+        ["watch"],
+        ["files"],
+        ["files", "upload"],
+        ["preflight"],
+        ["serve"],
+        ["demo"],
+        ["check"],
+        ["diagrams"],
+    ],
+)
+def test_every_command_documents_its_exit_status(command: list[str]) -> None:
+    # A script needs to know what each code means, whatever the command.
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    documented = result.output.partition("Exit status")[2]
+    codes = re.findall(r"^\s+(\d)\s+\S", documented, re.MULTILINE)
+    assert codes[:2] == ["0", "1"], result.output

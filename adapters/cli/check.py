@@ -95,7 +95,12 @@ def _report(result: Result, elapsed: float, console: Console) -> None:
     console.print(f"reached: {' '.join(shown) or '-'}", highlight=False, soft_wrap=True)
 
 
-@click.command("check")
+@click.command(
+    "check",
+    epilog="\b\nExit status:\n  0  no invariant broke and every target was reached\n"
+    "  1  an invariant broke (the shortest counterexample is printed and saved)\n"
+    "  2  usage error\n  3  a target was never reached (the model or depth is too weak)",
+)
 @click.option(
     "--depth",
     type=click.IntRange(min=1),

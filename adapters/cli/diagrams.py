@@ -127,7 +127,12 @@ def stale(directory: Path = DEFAULT_DIR) -> list[str]:
     return out
 
 
-@click.command("diagrams")
+@click.command(
+    "diagrams",
+    epilog="\b\nExit status:\n  0  written, or (--check) current\n"
+    "  1  (--check) a diagram differs from the engines' tables, or writing failed\n"
+    "  2  usage error",
+)
 @click.option("--check", is_flag=True, help="Fail if diagrams/ differs from the engines' tables.")
 @click.option(
     "--dir", "directory", type=click.Path(path_type=Path), default=DEFAULT_DIR, show_default=True

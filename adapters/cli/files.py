@@ -94,7 +94,7 @@ def _print(reference: FileReference) -> None:
     click.echo(json.dumps(attrs.asdict(reference)))
 
 
-@click.group("files")
+@click.group("files", epilog=EXIT_STATUS)
 def files() -> None:
     """Upload reference images once, then connect with --image file_...."""
 

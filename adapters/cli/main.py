@@ -661,7 +661,13 @@ async def _save_audio(session: Session, path: Path) -> None:
 # ---- demo ----------------------------------------------------------------------------
 
 
-@main.command("demo")
+DEMO_EXIT_CODES: Final = (
+    "\b\nExit status:\n  0  demo passed: the model's output showed each prompt and the image\n"
+    "  1  demo failed (the line says which step), or was interrupted"
+)
+
+
+@main.command("demo", epilog=DEMO_EXIT_CODES)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),

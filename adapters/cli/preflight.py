@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from leanjoin.adapters.client.session_probe import SessionProbeReport
 
 EPILOG = (
-    "\b\nExit codes (both probes):\n  0  good or fair: realtime streaming should work\n"
+    "\b\nExit status (both probes):\n  0  good or fair: realtime streaming should work\n"
     "  1  poor or critical: it may not (the reasons say why)\n  2  usage error"
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -64,6 +65,28 @@ def served_with_http(
         except subprocess.TimeoutExpired:
             serve.kill()
             serve.wait()
+
+
+@contextmanager
+def connect_process(
+    url: str, *args: str, api_key: str, verbose: bool = False
+) -> Iterator[subprocess.Popen[str]]:
+    """``leanjoin connect URL --model echo --json ARGS`` started in a process of
+    its own (pipes for its output); killed on the way out if it is still running."""
+    command = [str(LEANJOIN), *(["-v"] if verbose else []), "connect", url, "--model", "echo"]
+    process = subprocess.Popen(
+        [*command, "--json", *args],
+        env={**os.environ, "LEANJOIN_API_KEY": api_key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 async def until(predicate: Callable[[], bool]) -> None:

@@ -26,7 +26,7 @@ import sys
 import textwrap
 import threading
 import wave
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -392,6 +392,11 @@ def connect_command(
         raise click.BadParameter(
             f"no directory {str(save_audio.parent)!r} to write into", param_hint="'--save-audio'"
         )
+    # Where output goes is made (or opened) now: a path that cannot be written
+    # is a usage error before connecting, not a traceback once connected.
+    if save_frames is not None:
+        _make_directory(save_frames)
+    audio_out = None if save_audio is None else _open_wav(save_audio)
     media = MediaOptions(
         codec="vp8" if codec == "vp8" else "h264", max_bitrate=max_bitrate, max_framerate=fps
     )
@@ -400,7 +405,7 @@ def connect_command(
         stats=stats,
         seconds=seconds,
         save_frames=save_frames,
-        save_audio=save_audio,
+        save_audio=audio_out,
         retry=RetryPolicy(max_retries=retries),
         timeouts=Timeouts(connect=timeout),
         initial_state=reference is not None or prompt is not None,
@@ -418,8 +423,38 @@ def connect_command(
     finally:
         if isinstance(camera, Camera):
             camera.close()  # the device is released before the exit
+        if audio_out is not None:
+            with contextlib.suppress(OSError):  # its failure is the reason given
+                audio_out.close()  # fixes the header: a valid WAV file, however it ended
     if reason is not None:
         _fail(reason, code)
+
+
+def _make_directory(directory: Path) -> None:
+    """``--save-frames``: the directory, made now if it is missing."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot make directory {str(directory)!r}: {exc.strerror}",
+            param_hint="'--save-frames'",
+        ) from None
+
+
+def _open_wav(path: Path) -> wave.Wave_write:
+    """``--save-audio``: the WAV file, open for the model's audio (48 kHz mono, 16-bit)."""
+    try:
+        # Tried first: wave.open failing half-way leaves a writer that complains when collected.
+        path.open("wb").close()
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {str(path)!r}: {exc.strerror}", param_hint="'--save-audio'"
+        ) from None
+    out = wave.open(str(path), "wb")  # noqa: SIM115  (closed by connect_command)
+    out.setnchannels(RECEIVED_CHANNELS)
+    out.setsampwidth(2)
+    out.setframerate(RECEIVED_RATE)
+    return out
 
 
 def _open_camera(device: str, form: str | None, model: ModelDefinition, fps: float) -> Camera:
@@ -463,7 +498,7 @@ class _ConnectRun:
         seconds: float | None,
         save_frames: Path | None,
         retry: RetryPolicy,
-        save_audio: Path | None = None,
+        save_audio: wave.Wave_write | None = None,
         timeouts: Timeouts,
         initial_state: bool,
         query_params: Mapping[str, str],
@@ -483,6 +518,7 @@ class _ConnectRun:
         self._live: Live | None = None
         self._start = 0.0
         self._fatal: str | None = None
+        self._save_failed: str | None = None  # writing a frame or the audio failed
         self._connected = False
         # The initial image/prompt: None while unanswered, else (accepted, why not).
         self._asked = initial_state
@@ -498,6 +534,8 @@ class _ConnectRun:
             return ExitCode.FAILED, failure
         if self._fatal is not None:
             return ExitCode.FAILED, self._fatal
+        if self._save_failed is not None:
+            return ExitCode.FAILED, self._save_failed
         if not self._connected:
             return ExitCode.FAILED, "interrupted before connecting"
         if self._asked and self._answer is not None and not self._answer[0]:
@@ -591,9 +629,9 @@ class _ConnectRun:
         assert self._leave is not None and self._answered is not None
         async with anyio.create_task_group() as tg:
             if self._save is not None:
-                tg.start_soon(_save_frames, session, self._save)
+                tg.start_soon(self._saving, "--save-frames", _save_frames(session, self._save))
             if self._save_audio is not None:
-                tg.start_soon(_save_audio, session, self._save_audio)
+                tg.start_soon(self._saving, "--save-audio", _save_audio(session, self._save_audio))
             tg.start_soon(self._until_closed, session)
             with anyio.move_on_after(math.inf if self._seconds is None else self._seconds):
                 await self._leave.wait()
@@ -601,6 +639,16 @@ class _ConnectRun:
             # engine's initial-state ack deadline; a signal or the end stops the wait).
             await self._answered.wait()
             tg.cancel_scope.cancel()
+
+    async def _saving(self, option: str, save: Coroutine[Any, Any, None]) -> None:
+        """Run ``save``; a write that fails (a full disk, a directory gone) ends
+        the session with one line naming ``option``."""
+        try:
+            await save
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            self._save_failed = f"{option}: cannot write{where}: {exc.strerror or exc}"
+            self._stop_waiting()
 
     async def _until_closed(self, session: Session) -> None:
         async for _ in session.events():
@@ -647,15 +695,10 @@ async def _save_frames(session: Session, directory: Path) -> None:
         await anyio.to_thread.run_sync(write_png, directory / f"frame_{count:05d}.png", frame)
 
 
-async def _save_audio(session: Session, path: Path) -> None:
-    # Chunks of 10 ms are small: written on the loop. Closing fixes the header,
-    # also when the session is left by a signal (this task is cancelled).
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(RECEIVED_CHANNELS)
-        out.setsampwidth(2)
-        out.setframerate(RECEIVED_RATE)
-        async for frame in session.audio_frames():
-            out.writeframes(frame.samples.astype("<i2").tobytes())
+async def _save_audio(session: Session, out: wave.Wave_write) -> None:
+    # Chunks of 10 ms are small: written on the loop. The caller closes ``out``.
+    async for frame in session.audio_frames():
+        out.writeframes(frame.samples.astype("<i2").tobytes())
 
 
 # ---- demo ----------------------------------------------------------------------------

@@ -120,3 +120,16 @@ def test_a_frame_that_cannot_be_written_mid_session_ends_it_in_one_line(tmp_path
     assert process.returncode == 1, err
     assert err.count("\n") == 1 and err.startswith("leanjoin: --save-frames: cannot write"), err
     assert json.loads(out.splitlines()[-1])["state"] == "disconnected"  # left politely
+
+
+# ---- how a failure reads ---------------------------------------------------------------------
+
+
+def test_a_refused_room_join_fails_in_one_line_without_the_native_clients_errors() -> None:
+    # The LiveKit client logged its own ERROR line for each join path it tried,
+    # and its reason ended in a newline: the one-line failure took seven.
+    with served(KEY, "--refuse-media") as url, connect_process(url, "--retries", "0") as process:
+        _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    assert err.count("\n") == 1, err
+    assert err.startswith("leanjoin: media_failed: room connect failed: ") and "503" in err

@@ -117,8 +117,10 @@ def _configure_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose == 0:
         # The native LiveKit client warns about its v1 -> v0 signal fallback on
-        # every join (the double serves v0 only): noise unless asked for.
-        logging.getLogger("livekit").setLevel(logging.ERROR)
+        # every join (the double serves v0 only), and logs ERROR lines of its own
+        # for what leanjoin reports in one line (a refused join, each path it
+        # tried) or handles (channels closing as a room is left): noise unless -v.
+        logging.getLogger("livekit").setLevel(logging.CRITICAL)
     # What the native libraries write to stderr themselves (see entry()).
     NativeStderr.show_noise = verbose > 0
 

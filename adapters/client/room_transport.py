@@ -202,8 +202,9 @@ def _to_array(frame: rtc.VideoFrame) -> Frame:
 
 
 def scrub_token(text: str, token: str) -> str:
-    """``text`` with ``token`` masked (the native client may quote what it was given)."""
-    return text.replace(token, "<redacted>") if token else text
+    """``text`` with ``token`` masked (the native client may quote what it was given),
+    on one line (the native client's reasons may end in a newline)."""
+    return " ".join((text.replace(token, "<redacted>") if token else text).split())
 
 
 async def connect_shielded(

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -133,3 +134,26 @@ def test_a_refused_room_join_fails_in_one_line_without_the_native_clients_errors
     assert process.returncode == 1, err
     assert err.count("\n") == 1, err
     assert err.startswith("leanjoin: media_failed: room connect failed: ") and "503" in err
+
+
+# ---- signals ----------------------------------------------------------------------------------
+
+
+def test_a_second_signal_quits_while_the_room_connect_is_still_closing() -> None:
+    # The room's join is answered later than the LiveKit client waits (it tries
+    # four times, 5 s each): the first SIGTERM cancels the connect, whose close
+    # waits for the native join to give up; it waited it out, ~20 s, whatever
+    # the user did. A second signal now quits at once, saying so.
+    with (
+        served(KEY, "--media-setup-delay", "60") as url,
+        connect_process(url, "--prompt", "p") as process,
+    ):
+        until_event(process, "initial_state_acked")  # after room info: the room join runs
+        process.send_signal(signal.SIGTERM)
+        until_event(process, "state_changed")  # the engine let go: the close waits for the room
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    assert err.splitlines()[-1] == (
+        "leanjoin: interrupted again: quit without waiting for the room connect to end"
+    ), err

@@ -65,7 +65,7 @@ from leanjoin.engine.client.outputs import (
 )
 
 from .display import StatusView, describe, event_json
-from .native_stderr import NativeStderr, filtered_stderr
+from .native_stderr import NativeStderr, filtered_stderr, quit_now
 
 SERVER_EXTRA: Final = "pip install 'leanjoin[server]'"
 # What `--camera` without a DEVICE stands for: the platform's default device.
@@ -602,7 +602,7 @@ class _ConnectRun:
         with display as live:
             self._live = live
             async with anyio.create_task_group() as tg:
-                await tg.start(self._on_signals, tg.cancel_scope)
+                listening: anyio.CancelScope = await tg.start(self._on_signals, tg.cancel_scope)
                 try:
                     async with connect(
                         url,
@@ -625,6 +625,7 @@ class _ConnectRun:
                     failure = str(exc)
                 finally:
                     tg.cancel_scope.cancel()
+                    listening.cancel()
         return self.outcome(failure)
 
     async def _stay(self, session: Session) -> None:
@@ -666,23 +667,35 @@ class _ConnectRun:
         self,
         connecting: anyio.CancelScope,
         *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """SIGTERM ends the session as Ctrl-C (SIGINT) does. Connected, the
         session is left normally: ``connect()`` says goodbye to the server
         (``client disconnect``) and reports the last events. Still connecting
         (or at a second signal), the connect is cancelled, which closes
-        whatever it opened (shielded, bounded)."""
+        whatever it opened (shielded, bounded: a room join in progress is
+        waited out, up to the LiveKit client's own deadline). A signal after
+        that quits at once: the server has been told goodbye or lost the
+        socket, and the process's end takes the native room along."""
+        # Shielded from ``connecting``, which it cancels: it listens on while the
+        # cancelled connect closes; the caller cancels this scope when all is done.
+        listening = anyio.CancelScope(shield=True)
         if threading.current_thread() is not threading.main_thread():
-            task_status.started()
+            task_status.started(listening)
             return  # signal handlers belong to the main thread (a test runner's worker)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            task_status.started()
+        with listening, anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started(listening)
             async for _ in signals:
+                if connecting.cancel_called:
+                    quit_now(
+                        "leanjoin: interrupted again: quit without waiting for the room "
+                        "connect to end",
+                        ExitCode.FAILED,
+                    )
                 if not self._connected or self._leave is None or self._leave.is_set():
                     connecting.cancel()
-                    return
-                self._stop_waiting()
+                else:
+                    self._stop_waiting()
 
 
 async def _save_frames(session: Session, directory: Path) -> None:

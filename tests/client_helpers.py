@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import anyio
 import attrs
+import av
 import numpy as np
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection, serve
@@ -212,3 +213,24 @@ async def frame_with_band(session: ShowsFrames, prompt: str) -> np.ndarray[Any, 
             if colours_close(output_bands(out)[0], colour, BAND_TOLERANCE):
                 return out
     raise AssertionError("frames ended before the prompt showed")
+
+
+def write_video(path: Path, frames: int = 20, *, damaged: range = range(0)) -> Path:
+    """An MPEG-4 file of ``frames`` 64x48 frames, 10 a second; the packets of
+    ``damaged`` overwritten with bytes no decoder takes (the container intact)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(frames):
+            image = np.full((48, 64, 3), index * 8, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        packets = [
+            (p.pos, p.size) for p in container.demux(video=0) if p.size and p.pos is not None
+        ]
+    data = bytearray(path.read_bytes())
+    for pos, size in (packets[index] for index in damaged):
+        data[pos : pos + size] = b"\xff" * size
+    path.write_bytes(data)
+    return path

@@ -23,7 +23,7 @@ from pathlib import Path
 import client_helpers as helpers
 import pytest
 from click.testing import CliRunner, Result
-from client_helpers import served
+from client_helpers import served, write_video
 
 from leanjoin.adapters.cli.main import main
 
@@ -157,3 +157,22 @@ def test_a_second_signal_quits_while_the_room_connect_is_still_closing() -> None
     assert err.splitlines()[-1] == (
         "leanjoin: interrupted again: quit without waiting for the room connect to end"
     ), err
+
+
+def test_a_video_that_stops_decoding_mid_session_says_so_in_one_line(tmp_path: Path) -> None:
+    # The session goes on without video (the model's output, signaling); the
+    # failure was logged with the decoder's traceback.
+    video = write_video(tmp_path / "clip.mp4", frames=5)  # half a second, looped
+    with (
+        served(KEY) as url,
+        connect_process(url, "--video", str(video), "--seconds", "30") as process,
+    ):
+        until_event(process, "session_started")
+        video.unlink()  # the next loop finds nothing to play
+        assert process.stderr is not None
+        line = process.stderr.readline()  # bounded: the loop restarts within a second
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=30)
+    assert line.startswith("ERROR leanjoin.adapters.client.room_transport: the local video "), line
+    assert "no frame of" in line and "clip.mp4 could be decoded" in line
+    assert process.returncode == 0 and err == "", err

@@ -11,8 +11,10 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
+from client_helpers import write_video
 
-from leanjoin.adapters import InvalidArgument, WavSource
+from leanjoin.adapters import FileSource, Frame, InvalidArgument, WavSource
+from leanjoin.adapters.client.png import encode_png
 
 WAIT = 10.0
 
@@ -59,3 +61,39 @@ def test_a_wav_cut_within_its_header_is_refused_saying_so(tmp_path: Path, size: 
     message = str(refused.value)
     assert "head.wav" in message and "()" not in message, message
     assert "truncated" in message or "empty" in message, message
+
+
+async def frames_of(source: FileSource) -> list[Frame]:
+    with anyio.fail_after(WAIT):
+        return [frame async for frame in source.frames()]
+
+
+@pytest.mark.anyio
+async def test_a_video_with_a_damaged_frame_plays_on_past_it(tmp_path: Path) -> None:
+    # As players do: the damaged packet is skipped. The decoder's error ended
+    # the camera (a traceback on stderr, no more video for the session).
+    path = write_video(tmp_path / "scratched.mp4", damaged=range(5, 6))
+    played = await frames_of(FileSource(path, loop=False, fps=60))
+    assert len(played) == 19 and played[0].shape == (48, 64, 3)
+
+
+def test_a_video_of_which_nothing_decodes_is_refused_naming_it(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "Видео ruined.mp4", damaged=range(20))
+    with pytest.raises(InvalidArgument, match=r"no frame of .*Видео ruined\.mp4 could be decoded"):
+        FileSource(path)
+
+
+@pytest.mark.anyio
+async def test_a_video_gone_while_it_plays_ends_it_naming_the_file(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "moved.mp4")
+    source = FileSource(path, fps=60)
+    path.unlink()  # the next pass (each reopens the file) finds nothing
+    with pytest.raises(InvalidArgument, match=r"no frame of .*moved\.mp4 could be decoded"):
+        await frames_of(source)
+
+
+def test_a_video_smaller_than_16x16_is_refused_with_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "dot.png"  # FFmpeg reads a picture as a video of one frame
+    path.write_bytes(encode_png(np.zeros((1, 1, 3), dtype=np.uint8)))
+    with pytest.raises(InvalidArgument, match=r"dot\.png is 1x1: a video must be at least 16x16"):
+        FileSource(path)

@@ -176,3 +176,25 @@ def test_a_video_that_stops_decoding_mid_session_says_so_in_one_line(tmp_path: P
     assert line.startswith("ERROR leanjoin.adapters.client.room_transport: the local video "), line
     assert "no frame of" in line and "clip.mp4 could be decoded" in line
     assert process.returncode == 0 and err == "", err
+
+
+# ---- what is published ------------------------------------------------------------------------
+
+
+def test_an_empty_image_file_is_a_usage_error_naming_the_option_and_file(
+    closed_url: str, tmp_path: Path
+) -> None:
+    # It said "Invalid value: the image is empty": which value, of what?
+    path = tmp_path / "Kätzchen.png"
+    path.write_bytes(b"")
+    line = one_line_usage_error(cli(closed_url, "--image", str(path)), "--image")
+    assert "Kätzchen.png: the image is empty" in line
+
+
+def test_a_video_that_cannot_be_played_is_a_usage_error_naming_the_option(
+    closed_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a video")
+    line = one_line_usage_error(cli(closed_url, "--video", str(path)), "--video")
+    assert "notes.txt" in line

@@ -380,6 +380,9 @@ def connect_command(
     fps = definition.fps if fps is None else fps
     try:
         reference = image if image is None or file_ref(image) else image_to_base64(Path(image))
+    except ValueError as exc:  # the message says what is wrong; the file is named here
+        raise click.BadParameter(f"{image}: {exc}", param_hint="'--image'") from None
+    try:
         camera: VideoSource = (
             FileSource(video, fps=fps)
             if video is not None
@@ -388,7 +391,8 @@ def connect_command(
             else _open_camera(camera_device, camera_format, definition, fps)
         )
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        hint = "'--video'" if video is not None else "'--camera'" if camera_device else None
+        raise click.BadParameter(str(exc), param_hint=hint) from None
     audio = None if audio_spec is None else _audio_source(audio_spec)
     if save_audio is not None and not save_audio.parent.is_dir():
         raise click.BadParameter(

@@ -1,10 +1,12 @@
 """Local media sources given files users really have (review of issue #14):
 truncated WAVs, damaged or tiny videos. Each either plays what it can or fails
-with a :class:`LeanJoinError` naming the file, never a library's exception.
-Every wait is bounded."""
+with a :class:`LeanJoinError` naming the file, never a library's exception;
+and what ``--json`` prints of what they measure. Every wait is bounded."""
 
 from __future__ import annotations
 
+import json
+import math
 import wave
 from pathlib import Path
 
@@ -14,7 +16,10 @@ import pytest
 from client_helpers import write_video
 
 from leanjoin.adapters import FileSource, Frame, InvalidArgument, WavSource
+from leanjoin.adapters.cli.display import event_json
+from leanjoin.adapters.client.observability import OutboundVideoStats, WebRtcStats
 from leanjoin.adapters.client.png import encode_png
+from leanjoin.engine.client.inputs import AttemptId
 
 WAIT = 10.0
 
@@ -97,3 +102,26 @@ def test_a_video_smaller_than_16x16_is_refused_with_its_size(tmp_path: Path) -> 
     path.write_bytes(encode_png(np.zeros((1, 1, 3), dtype=np.uint8)))
     with pytest.raises(InvalidArgument, match=r"dot\.png is 1x1: a video must be at least 16x16"):
         FileSource(path)
+
+
+def test_every_json_event_line_is_strict_json_even_with_a_non_finite_measurement() -> None:
+    # libwebrtc's statistics can hold NaN or an infinity (livekit 1.2.1 chokes on
+    # one, BUG-5); json.dumps wrote them as NaN / Infinity, which no strict JSON
+    # reader (jq, JSON.parse) takes. An unmeasurable value is null, as a missing one.
+    sample = WebRtcStats(
+        AttemptId(1),
+        12.5,
+        OutboundVideoStats(frames_per_second=math.nan, bitrate=math.inf, frame_width=640),
+        None,
+        round_trip_time=-math.inf,
+        available_outgoing_bitrate=1e6,
+    )
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    body = json.loads(event_json(sample, 1.0), parse_constant=refuse)
+    assert body["outbound_video"]["frames_per_second"] is None
+    assert body["outbound_video"]["bitrate"] is None
+    assert body["outbound_video"]["frame_width"] == 640
+    assert body["round_trip_time"] is None and body["available_outgoing_bitrate"] == 1e6

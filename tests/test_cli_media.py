@@ -198,3 +198,10 @@ def test_a_video_that_cannot_be_played_is_a_usage_error_naming_the_option(
     path.write_text("not a video")
     line = one_line_usage_error(cli(closed_url, "--video", str(path)), "--video")
     assert "notes.txt" in line
+
+
+def test_demo_refuses_an_out_path_it_cannot_write_before_running(tmp_path: Path) -> None:
+    # It ran the whole demo, then failed on writing the contact sheet.
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / TOO_LONG / "sheet.png")])
+    line = one_line_usage_error(result, "--out")
+    assert "cannot make directory" in line and "✓" not in result.output

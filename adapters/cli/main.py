@@ -401,7 +401,7 @@ def connect_command(
     # Where output goes is made (or opened) now: a path that cannot be written
     # is a usage error before connecting, not a traceback once connected.
     if save_frames is not None:
-        _make_directory(save_frames)
+        _make_directory(save_frames, "--save-frames")
     audio_out = None if save_audio is None else _open_wav(save_audio)
     media = MediaOptions(
         codec="vp8" if codec == "vp8" else "h264", max_bitrate=max_bitrate, max_framerate=fps
@@ -436,14 +436,13 @@ def connect_command(
         _fail(reason, code)
 
 
-def _make_directory(directory: Path) -> None:
-    """``--save-frames``: the directory, made now if it is missing."""
+def _make_directory(directory: Path, option: str) -> None:
+    """The directory ``option`` writes into, made now if it is missing."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.BadParameter(
-            f"cannot make directory {str(directory)!r}: {exc.strerror}",
-            param_hint="'--save-frames'",
+            f"cannot make directory {str(directory)!r}: {exc.strerror}", param_hint=f"'{option}'"
         ) from None
 
 
@@ -734,6 +733,7 @@ async def _save_audio(session: Session, out: wave.Wave_write) -> None:
 @click.option("--codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True)
 def demo_command(out: Path, codec: str) -> None:
     """Run the reference server in-process, connect, change the prompt, check the pixels."""
+    _make_directory(out.parent, "--out")  # before the run, not once it is over
     try:
         from .demo import DemoFailed, Step, run_demo
     except ModuleNotFoundError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 import anyio
 import attrs
+import av
 import numpy as np
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection, serve
@@ -64,6 +66,28 @@ def served_with_http(
         except subprocess.TimeoutExpired:
             serve.kill()
             serve.wait()
+
+
+@contextmanager
+def connect_process(
+    url: str, *args: str, api_key: str, verbose: bool = False
+) -> Iterator[subprocess.Popen[str]]:
+    """``leanjoin connect URL --model echo --json ARGS`` started in a process of
+    its own (pipes for its output); killed on the way out if it is still running."""
+    command = [str(LEANJOIN), *(["-v"] if verbose else []), "connect", url, "--model", "echo"]
+    process = subprocess.Popen(
+        [*command, "--json", *args],
+        env={**os.environ, "LEANJOIN_API_KEY": api_key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 async def until(predicate: Callable[[], bool]) -> None:
@@ -189,3 +213,24 @@ async def frame_with_band(session: ShowsFrames, prompt: str) -> np.ndarray[Any, 
             if colours_close(output_bands(out)[0], colour, BAND_TOLERANCE):
                 return out
     raise AssertionError("frames ended before the prompt showed")
+
+
+def write_video(path: Path, frames: int = 20, *, damaged: range = range(0)) -> Path:
+    """An MPEG-4 file of ``frames`` 64x48 frames, 10 a second; the packets of
+    ``damaged`` overwritten with bytes no decoder takes (the container intact)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(frames):
+            image = np.full((48, 64, 3), index * 8, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        packets = [
+            (p.pos, p.size) for p in container.demux(video=0) if p.size and p.pos is not None
+        ]
+    data = bytearray(path.read_bytes())
+    for pos, size in (packets[index] for index in damaged):
+        data[pos : pos + size] = b"\xff" * size
+    path.write_bytes(data)
+    return path

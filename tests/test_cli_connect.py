@@ -8,6 +8,7 @@ where the LiveKit client or a signal is involved. Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import client_helpers as helpers
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
@@ -161,22 +163,9 @@ def test_help_documents_the_exit_codes() -> None:
 # ---- signals and noise ----------------------------------------------------------------------
 
 
-@contextmanager
-def connect_process(url: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+def connect_process(url: str, *args: str) -> contextlib.AbstractContextManager[Any]:
     """The real command, started; killed on the way out if it is still running."""
-    process = subprocess.Popen(
-        [str(LEANJOIN), "connect", url, "--model", "echo", "--json", *args],
-        env={**os.environ, "LEANJOIN_API_KEY": KEY},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    return helpers.connect_process(url, *args, api_key=KEY)
 
 
 def test_sigterm_disconnects_cleanly_like_ctrl_c() -> None:

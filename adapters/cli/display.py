@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from typing import Any
 
@@ -52,6 +53,8 @@ def event_name(event: SessionEvent) -> str:
 
 
 def _plain(_inst: type, _field: attrs.Attribute[Any] | None, value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity; unmeasurable is as unmeasured
     return value.value if isinstance(value, enum.Enum) else value
 
 
@@ -61,7 +64,7 @@ def event_json(event: SessionEvent, at: float | None = None) -> str:
     if at is not None:
         body["t"] = round(at, 3)
     body.update(attrs.asdict(event, value_serializer=_plain))
-    return json.dumps(body, separators=(",", ":"), sort_keys=False)
+    return json.dumps(body, separators=(",", ":"), sort_keys=False, allow_nan=False)
 
 
 def describe(event: SessionEvent) -> str:

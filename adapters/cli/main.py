@@ -26,7 +26,7 @@ import sys
 import textwrap
 import threading
 import wave
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -65,7 +65,7 @@ from leanjoin.engine.client.outputs import (
 )
 
 from .display import StatusView, describe, event_json
-from .native_stderr import NativeStderr, filtered_stderr
+from .native_stderr import NativeStderr, filtered_stderr, quit_now
 
 SERVER_EXTRA: Final = "pip install 'leanjoin[server]'"
 # What `--camera` without a DEVICE stands for: the platform's default device.
@@ -117,8 +117,10 @@ def _configure_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose == 0:
         # The native LiveKit client warns about its v1 -> v0 signal fallback on
-        # every join (the double serves v0 only): noise unless asked for.
-        logging.getLogger("livekit").setLevel(logging.ERROR)
+        # every join (the double serves v0 only), and logs ERROR lines of its own
+        # for what leanjoin reports in one line (a refused join, each path it
+        # tried) or handles (channels closing as a room is left): noise unless -v.
+        logging.getLogger("livekit").setLevel(logging.CRITICAL)
     # What the native libraries write to stderr themselves (see entry()).
     NativeStderr.show_noise = verbose > 0
 
@@ -378,6 +380,9 @@ def connect_command(
     fps = definition.fps if fps is None else fps
     try:
         reference = image if image is None or file_ref(image) else image_to_base64(Path(image))
+    except ValueError as exc:  # the message says what is wrong; the file is named here
+        raise click.BadParameter(f"{image}: {exc}", param_hint="'--image'") from None
+    try:
         camera: VideoSource = (
             FileSource(video, fps=fps)
             if video is not None
@@ -386,12 +391,18 @@ def connect_command(
             else _open_camera(camera_device, camera_format, definition, fps)
         )
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        hint = "'--video'" if video is not None else "'--camera'" if camera_device else None
+        raise click.BadParameter(str(exc), param_hint=hint) from None
     audio = None if audio_spec is None else _audio_source(audio_spec)
     if save_audio is not None and not save_audio.parent.is_dir():
         raise click.BadParameter(
             f"no directory {str(save_audio.parent)!r} to write into", param_hint="'--save-audio'"
         )
+    # Where output goes is made (or opened) now: a path that cannot be written
+    # is a usage error before connecting, not a traceback once connected.
+    if save_frames is not None:
+        _make_directory(save_frames, "--save-frames")
+    audio_out = None if save_audio is None else _open_wav(save_audio)
     media = MediaOptions(
         codec="vp8" if codec == "vp8" else "h264", max_bitrate=max_bitrate, max_framerate=fps
     )
@@ -400,7 +411,7 @@ def connect_command(
         stats=stats,
         seconds=seconds,
         save_frames=save_frames,
-        save_audio=save_audio,
+        save_audio=audio_out,
         retry=RetryPolicy(max_retries=retries),
         timeouts=Timeouts(connect=timeout),
         initial_state=reference is not None or prompt is not None,
@@ -418,8 +429,37 @@ def connect_command(
     finally:
         if isinstance(camera, Camera):
             camera.close()  # the device is released before the exit
+        if audio_out is not None:
+            with contextlib.suppress(OSError):  # its failure is the reason given
+                audio_out.close()  # fixes the header: a valid WAV file, however it ended
     if reason is not None:
         _fail(reason, code)
+
+
+def _make_directory(directory: Path, option: str) -> None:
+    """The directory ``option`` writes into, made now if it is missing."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot make directory {str(directory)!r}: {exc.strerror}", param_hint=f"'{option}'"
+        ) from None
+
+
+def _open_wav(path: Path) -> wave.Wave_write:
+    """``--save-audio``: the WAV file, open for the model's audio (48 kHz mono, 16-bit)."""
+    try:
+        # Tried first: wave.open failing half-way leaves a writer that complains when collected.
+        path.open("wb").close()
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {str(path)!r}: {exc.strerror}", param_hint="'--save-audio'"
+        ) from None
+    out = wave.open(str(path), "wb")  # noqa: SIM115  (closed by connect_command)
+    out.setnchannels(RECEIVED_CHANNELS)
+    out.setsampwidth(2)
+    out.setframerate(RECEIVED_RATE)
+    return out
 
 
 def _open_camera(device: str, form: str | None, model: ModelDefinition, fps: float) -> Camera:
@@ -463,7 +503,7 @@ class _ConnectRun:
         seconds: float | None,
         save_frames: Path | None,
         retry: RetryPolicy,
-        save_audio: Path | None = None,
+        save_audio: wave.Wave_write | None = None,
         timeouts: Timeouts,
         initial_state: bool,
         query_params: Mapping[str, str],
@@ -483,6 +523,7 @@ class _ConnectRun:
         self._live: Live | None = None
         self._start = 0.0
         self._fatal: str | None = None
+        self._save_failed: str | None = None  # writing a frame or the audio failed
         self._connected = False
         # The initial image/prompt: None while unanswered, else (accepted, why not).
         self._asked = initial_state
@@ -498,6 +539,8 @@ class _ConnectRun:
             return ExitCode.FAILED, failure
         if self._fatal is not None:
             return ExitCode.FAILED, self._fatal
+        if self._save_failed is not None:
+            return ExitCode.FAILED, self._save_failed
         if not self._connected:
             return ExitCode.FAILED, "interrupted before connecting"
         if self._asked and self._answer is not None and not self._answer[0]:
@@ -562,7 +605,7 @@ class _ConnectRun:
         with display as live:
             self._live = live
             async with anyio.create_task_group() as tg:
-                await tg.start(self._on_signals, tg.cancel_scope)
+                listening: anyio.CancelScope = await tg.start(self._on_signals, tg.cancel_scope)
                 try:
                     async with connect(
                         url,
@@ -585,15 +628,16 @@ class _ConnectRun:
                     failure = str(exc)
                 finally:
                     tg.cancel_scope.cancel()
+                    listening.cancel()
         return self.outcome(failure)
 
     async def _stay(self, session: Session) -> None:
         assert self._leave is not None and self._answered is not None
         async with anyio.create_task_group() as tg:
             if self._save is not None:
-                tg.start_soon(_save_frames, session, self._save)
+                tg.start_soon(self._saving, "--save-frames", _save_frames(session, self._save))
             if self._save_audio is not None:
-                tg.start_soon(_save_audio, session, self._save_audio)
+                tg.start_soon(self._saving, "--save-audio", _save_audio(session, self._save_audio))
             tg.start_soon(self._until_closed, session)
             with anyio.move_on_after(math.inf if self._seconds is None else self._seconds):
                 await self._leave.wait()
@@ -601,6 +645,16 @@ class _ConnectRun:
             # engine's initial-state ack deadline; a signal or the end stops the wait).
             await self._answered.wait()
             tg.cancel_scope.cancel()
+
+    async def _saving(self, option: str, save: Coroutine[Any, Any, None]) -> None:
+        """Run ``save``; a write that fails (a full disk, a directory gone) ends
+        the session with one line naming ``option``."""
+        try:
+            await save
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            self._save_failed = f"{option}: cannot write{where}: {exc.strerror or exc}"
+            self._stop_waiting()
 
     async def _until_closed(self, session: Session) -> None:
         async for _ in session.events():
@@ -616,23 +670,35 @@ class _ConnectRun:
         self,
         connecting: anyio.CancelScope,
         *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """SIGTERM ends the session as Ctrl-C (SIGINT) does. Connected, the
         session is left normally: ``connect()`` says goodbye to the server
         (``client disconnect``) and reports the last events. Still connecting
         (or at a second signal), the connect is cancelled, which closes
-        whatever it opened (shielded, bounded)."""
+        whatever it opened (shielded, bounded: a room join in progress is
+        waited out, up to the LiveKit client's own deadline). A signal after
+        that quits at once: the server has been told goodbye or lost the
+        socket, and the process's end takes the native room along."""
+        # Shielded from ``connecting``, which it cancels: it listens on while the
+        # cancelled connect closes; the caller cancels this scope when all is done.
+        listening = anyio.CancelScope(shield=True)
         if threading.current_thread() is not threading.main_thread():
-            task_status.started()
+            task_status.started(listening)
             return  # signal handlers belong to the main thread (a test runner's worker)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            task_status.started()
+        with listening, anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started(listening)
             async for _ in signals:
+                if connecting.cancel_called:
+                    quit_now(
+                        "leanjoin: interrupted again: quit without waiting for the room "
+                        "connect to end",
+                        ExitCode.FAILED,
+                    )
                 if not self._connected or self._leave is None or self._leave.is_set():
                     connecting.cancel()
-                    return
-                self._stop_waiting()
+                else:
+                    self._stop_waiting()
 
 
 async def _save_frames(session: Session, directory: Path) -> None:
@@ -647,15 +713,10 @@ async def _save_frames(session: Session, directory: Path) -> None:
         await anyio.to_thread.run_sync(write_png, directory / f"frame_{count:05d}.png", frame)
 
 
-async def _save_audio(session: Session, path: Path) -> None:
-    # Chunks of 10 ms are small: written on the loop. Closing fixes the header,
-    # also when the session is left by a signal (this task is cancelled).
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(RECEIVED_CHANNELS)
-        out.setsampwidth(2)
-        out.setframerate(RECEIVED_RATE)
-        async for frame in session.audio_frames():
-            out.writeframes(frame.samples.astype("<i2").tobytes())
+async def _save_audio(session: Session, out: wave.Wave_write) -> None:
+    # Chunks of 10 ms are small: written on the loop. The caller closes ``out``.
+    async for frame in session.audio_frames():
+        out.writeframes(frame.samples.astype("<i2").tobytes())
 
 
 # ---- demo ----------------------------------------------------------------------------
@@ -678,6 +739,7 @@ DEMO_EXIT_CODES: Final = (
 @click.option("--codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True)
 def demo_command(out: Path, codec: str) -> None:
     """Run the reference server in-process, connect, change the prompt, check the pixels."""
+    _make_directory(out.parent, "--out")  # before the run, not once it is over
     try:
         from .demo import DemoFailed, Step, run_demo
     except ModuleNotFoundError as exc:

@@ -21,7 +21,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from typing import BinaryIO, ClassVar, Final
+from typing import BinaryIO, ClassVar, Final, NoReturn
 
 # Warnings of the OpenH264 encoder inside the LiveKit client ("[OpenH264] this =
 # 0x0x7f..., Warning:Actual input framerate ..."). Its errors are still shown.
@@ -32,6 +32,8 @@ class NativeStderr:
     """Where descriptor 2's bytes go: whole lines to ``out``, less the noise."""
 
     show_noise: ClassVar[bool] = False  # set by the command's -v
+    # The process's stderr while filtered_stderr() is entered (for quit_now).
+    real_stderr: ClassVar[BinaryIO | None] = None
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
@@ -53,6 +55,20 @@ class NativeStderr:
         self._out.flush()
 
 
+def quit_now(line: str, status: int) -> NoReturn:
+    """End the process at once (no cleanup, no finalization) after writing
+    ``line`` to the real stderr, past the pipe, whose thread may not get to it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out = NativeStderr.real_stderr
+    if out is None:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        out.write(line.encode() + b"\n")
+        out.flush()
+    os._exit(status)
+
+
 @contextlib.contextmanager
 def filtered_stderr() -> Iterator[None]:
     """Descriptor 2 goes through a :class:`NativeStderr` while this is entered
@@ -65,9 +81,11 @@ def filtered_stderr() -> Iterator[None]:
     sys.stderr.flush()
     out = os.fdopen(os.dup(2), "wb")
     sink = NativeStderr(out)
+    NativeStderr.real_stderr = out
     try:
         with Wurlitzer(stdout=None, stderr=sink, encoding=None):
             yield
     finally:
+        NativeStderr.real_stderr = None
         sink.flush()
         out.close()

@@ -497,16 +497,34 @@ def _check_camera(camera: object) -> None:
         )
 
 
-def _check_observability(stats_interval: float | None, stall_threshold: float | None) -> None:
-    if stats_interval is not None and not MIN_STATS_INTERVAL <= stats_interval < math.inf:
+def _seconds(value: object) -> float | None:
+    """``value`` as a finite number of seconds; None when it is none (a bool,
+    a string, NaN, an infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _check_durations(
+    stats_interval: float | None, stall_threshold: float | None, shutdown_timeout: float
+) -> None:
+    interval = _seconds(stats_interval)
+    if stats_interval is not None and (interval is None or interval < MIN_STATS_INTERVAL):
         raise InvalidArgument(
             f"stats_interval must be at least {MIN_STATS_INTERVAL:g} s (the JS client's "
             f"minimum) and finite, or None for no stats; got {stats_interval!r}"
         )
-    if stall_threshold is not None and not 0 < stall_threshold < math.inf:
+    threshold = _seconds(stall_threshold)
+    if stall_threshold is not None and (threshold is None or threshold <= 0):
         raise InvalidArgument(
             "stall_threshold must be a positive, finite number of seconds, or None "
             f"to judge no stalls; got {stall_threshold!r}"
+        )
+    shutdown = _seconds(shutdown_timeout)
+    if shutdown is None or shutdown <= 0:  # NaN never ran out: the leave waited forever
+        raise InvalidArgument(
+            "shutdown_timeout must be a positive, finite number of seconds; "
+            f"got {shutdown_timeout!r}"
         )
 
 
@@ -591,7 +609,7 @@ async def connect(
     came for ``stall_threshold`` seconds (None: never judged).
     """
     with _arguments_checked():
-        _check_observability(stats_interval, stall_threshold)
+        _check_durations(stats_interval, stall_threshold, shutdown_timeout)
         definition = resolve_model(model)
         if api_key is None:
             api_key = api_key_from_env()

@@ -169,7 +169,7 @@ class WavSource(_Format):
             raise InvalidArgument(f"cannot read WAV file {self._path}: {exc.strerror}") from exc
         except (wave.Error, EOFError) as exc:
             raise InvalidArgument(
-                f"{self._path} is not a WAV file leanjoin can read ({exc or 'truncated'}); "
+                f"{self._path} is not a WAV file leanjoin can read ({str(exc) or 'truncated'}); "
                 "it reads 16-bit PCM WAV"
             ) from exc
         if width != 2:
@@ -195,17 +195,23 @@ class WavSource(_Format):
         wav = wave.open(str(self._path), "rb")  # noqa: SIM115  (closed in finally)
         try:
             async for _ in _paced():
-                data = wav.readframes(chunk)
+                data = self._read(wav, chunk)
                 if len(data) < chunk * 2 * self._channels:
                     if not self._loop:
                         if data:
                             yield self._frame(data)
                         return
                     wav.rewind()
-                    data += wav.readframes(chunk - len(data) // (2 * self._channels))
+                    data += self._read(wav, chunk - len(data) // (2 * self._channels))
                 yield self._frame(data)
         finally:
             wav.close()
+
+    def _read(self, wav: wave.Wave_read, count: int) -> bytes:
+        # Whole samples only: a file cut short (its header promising more) can
+        # end in the middle of one.
+        data = wav.readframes(count)
+        return data[: len(data) - len(data) % (2 * self._channels)]
 
     def _frame(self, data: bytes) -> AudioFrame:
         samples = np.frombuffer(data, dtype="<i2").astype(np.int16)

@@ -54,6 +54,7 @@ from leanjoin.engine.client.inputs import (
     TracksPublished,
 )
 from leanjoin.engine.client.outputs import ConnectRoom
+from leanjoin.engine.errors import LeanJoinError
 from leanjoin.engine.validators import one_of, positive
 
 from .audio_sources import AudioFrame
@@ -167,9 +168,11 @@ class CameraFeed:
                     stamp = _now_us()
                     for sink in tuple(self._sinks):
                         sink.capture_frame(converted, timestamp_us=stamp)
-        except Exception:
+        except LeanJoinError as exc:
             # A broken camera (say, an unreadable video file) stops the video, not
-            # the session: signaling and the model's output go on, loudly logged.
+            # the session: signaling and the model's output go on. Said in one line.
+            log.error("the local video source failed: %s; no more frames are published", exc)
+        except Exception:  # a source's own bug: its traceback helps
             log.exception("the local video source failed; no more frames are published")
         finally:
             await _close_iterator(frames)
@@ -202,8 +205,9 @@ def _to_array(frame: rtc.VideoFrame) -> Frame:
 
 
 def scrub_token(text: str, token: str) -> str:
-    """``text`` with ``token`` masked (the native client may quote what it was given)."""
-    return text.replace(token, "<redacted>") if token else text
+    """``text`` with ``token`` masked (the native client may quote what it was given),
+    on one line (the native client's reasons may end in a newline)."""
+    return " ".join((text.replace(token, "<redacted>") if token else text).split())
 
 
 async def connect_shielded(

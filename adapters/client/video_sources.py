@@ -202,9 +202,14 @@ class FileSource(_Geometry):
                 rate = stream.average_rate or stream.guessed_rate
         except (av.error.FFmpegError, IndexError) as exc:
             raise InvalidArgument(f"no decodable video stream in {self._path}") from exc
+        if not (width and height):  # FFmpeg learns the size by decoding a frame
+            raise InvalidArgument(f"no frame of {self._path} could be decoded")
+        if width < 16 or height < 16:
+            raise InvalidArgument(
+                f"{self._path} is {width}x{height}: a video must be at least 16x16"
+            )
         # Odd sizes are cropped by one pixel: encoders need even dimensions.
         self._width, self._height = width - width % 2, height - height % 2
-        _check_size(self._width, self._height)
         native = float(Fraction(rate)) if rate else 30.0
         self._fps = float(fps) if fps is not None else min(60.0, max(1.0, native))
         self._loop = loop
@@ -212,11 +217,24 @@ class FileSource(_Geometry):
     def _decode(self) -> Generator[Frame, None, None]:
         while True:
             produced = False
-            with av.open(str(self._path)) as container:
-                for decoded in container.decode(video=0):
-                    rgb = decoded.to_ndarray(format="rgb24")
-                    produced = True
-                    yield np.ascontiguousarray(rgb[: self._height, : self._width])
+            damaged: av.error.FFmpegError | None = None
+            try:
+                with av.open(str(self._path)) as container:
+                    for packet in container.demux(video=0):
+                        try:
+                            decoded = packet.decode()
+                        except av.error.FFmpegError as exc:
+                            damaged = exc  # a damaged frame is skipped, as players do
+                            continue
+                        for frame in decoded:
+                            rgb = frame.to_ndarray(format="rgb24")
+                            produced = True
+                            yield np.ascontiguousarray(rgb[: self._height, : self._width])
+            except av.error.FFmpegError as exc:  # gone or damaged since it was opened
+                damaged = exc
+            if not produced and damaged is not None:
+                why = damaged.strerror or type(damaged).__name__
+                raise InvalidArgument(f"no frame of {self._path} could be decoded ({why})")
             if not (self._loop and produced):
                 return
 

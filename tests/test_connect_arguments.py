@@ -19,11 +19,6 @@ pytestmark = pytest.mark.anyio
 URL = "ws://127.0.0.1:9/v1/stream"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 BAD: list[tuple[str, Any]] = [
     *[("stats_interval", v) for v in (0, 0.1, -1, math.nan, math.inf, "1", True)],
     *[("stall_threshold", v) for v in (0, -1, math.nan, math.inf, "2", True)],

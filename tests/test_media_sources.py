@@ -24,11 +24,6 @@ from leanjoin.engine.client.inputs import AttemptId
 WAIT = 10.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the client's backend (websockets, livekit.rtc)
-
-
 def write_wav(path: Path, frames: int, rate: int = 8_000) -> Path:
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)

@@ -4,8 +4,9 @@
 that owns the engine) and the camera, sends ``Connect`` and returns once the
 engine reports the session started, or raises :class:`ConnectFailed` with the
 typed error. Leaving the ``async with`` — normally, by an exception or by
-cancellation — disconnects, waits (shielded, bounded) for every socket and room
-to close, and stops every task it started.
+cancellation — disconnects, waits (shielded, bounded: ``shutdown_timeout``, or
+a room join's own timeout while one runs) for every socket and room to close,
+and stops every task it started.
 
 Everything the engine reports is an event: delivered in order to ``on_event``
 (called in the engine's task: keep it quick) and to every ``events()``
@@ -607,6 +608,11 @@ async def connect(
     connection, a ``ConnectBreakdown`` per connect, ``Reconnected`` after a
     mended loss, and ``VideoStall`` / ``VideoStallEnded`` when no model frame
     came for ``stall_threshold`` seconds (None: never judged).
+
+    Leaving: ``shutdown_timeout`` bounds the goodbye (the close frame, each room
+    left). A LiveKit room join still running then is waited out, up to its own
+    ``MediaOptions.connect_timeout`` (30 s), and then left: the LiveKit client's
+    connect is not safe to cancel, and abandoning it would leave the room joined.
     """
     with _arguments_checked():
         _check_durations(stats_interval, stall_threshold, shutdown_timeout)

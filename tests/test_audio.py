@@ -21,7 +21,7 @@ import anyio
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from client_helpers import LEANJOIN, WAIT, served, server_idle, until
+from client_helpers import LEANJOIN, WAIT, served, server_idle, session_args, until
 
 from leanjoin.adapters import (
     AudioFrame,
@@ -30,11 +30,8 @@ from leanjoin.adapters import (
     LeanJoinError,
     Microphone,
     MicrophoneUnavailable,
-    RetryPolicy,
     Session,
     SessionStarted,
-    TestPattern,
-    Timeouts,
     Tone,
     Viewer,
     WavSource,
@@ -49,16 +46,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.livekit]
 
 # Enough of the echo for a clean FFT: 0.5 s at 48 kHz gives 2 Hz bins.
 ANALYSED_SAMPLES = 24_000
-
-
-def session_args(server: ReferenceServer) -> dict[str, Any]:
-    return {
-        "api_key": server.api_key,
-        "model": "echo",
-        "camera": TestPattern(320, 240, fps=15),
-        "timeouts": Timeouts(socket_open=5, room_info=5, media=15),
-        "retry": RetryPolicy(max_retries=3, initial_delay=0.05, max_delay=0.2),
-    }
 
 
 def dominant_frequency(samples: np.ndarray[Any, Any], sample_rate: int) -> float:
@@ -147,9 +134,7 @@ async def test_a_viewer_of_a_session_without_audio_gets_video_only(
 async def test_model_audio_comes_back_after_a_reconnect(server: ReferenceServer) -> None:
     # Each attempt publishes the one audio source anew and reads its own room's model audio.
     events: list[Event] = []
-    async with connect(
-        server.url, audio=Tone(660), on_event=events.append, **session_args(server)
-    ) as session:
+    async with connect(server.url, audio=Tone(660), **session_args(server, events)) as session:
         await received_audio(session, 4_800)
         lost = session.room_name
         assert lost is not None

@@ -88,3 +88,9 @@ class WatchFailed(LeanJoinError):
 class MicrophoneUnavailable(LeanJoinError):
     """No microphone can be opened: the ``audio`` extra or the system's PortAudio
     is missing, or the machine has no audio input device. The message says which."""
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with ``secret`` (a key, a token) masked, on one line: what a
+    library or a server said may quote what it was given, and end in a newline."""
+    return " ".join((text.replace(secret, "<redacted>") if secret else text).split())

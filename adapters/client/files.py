@@ -32,6 +32,7 @@ from leanjoin.engine.client.session import NotASubscribeToken, room_of_subscribe
 from leanjoin.engine.errors import InvalidArgument, LeanJoinError
 
 from .endpoint import API_KEY_ENV_VARS, api_key_from_env, default_user_agent
+from .errors import redact
 
 __all__ = [
     "DEFAULT_API_BASE_URL",
@@ -233,7 +234,7 @@ class _Caller:
         return "<_Caller>"
 
     def scrub(self, text: str) -> str:
-        return text.replace(self.__api_key, "<redacted>") if self.__api_key else text
+        return redact(text, self.__api_key)
 
     async def call(
         self,

@@ -58,6 +58,7 @@ from leanjoin.engine.errors import LeanJoinError
 from leanjoin.engine.validators import one_of, positive
 
 from .audio_sources import AudioFrame
+from .errors import redact
 from .observability import ConnectionQuality, ConnectionQualityChanged, ObservabilityEvent
 from .room_audio import AudioFeed, publish_microphone, read_audio
 from .rtc_stats import StatsSampler
@@ -204,12 +205,6 @@ def _to_array(frame: rtc.VideoFrame) -> Frame:
     return out
 
 
-def scrub_token(text: str, token: str) -> str:
-    """``text`` with ``token`` masked (the native client may quote what it was given),
-    on one line (the native client's reasons may end in a newline)."""
-    return " ".join((text.replace(token, "<redacted>") if token else text).split())
-
-
 async def connect_shielded(
     room: rtc.Room, url: str, token: str, timeout: float, who: str
 ) -> str | None:
@@ -225,9 +220,9 @@ async def connect_shielded(
             log.warning("%s: %s; the native connection may linger", who, failure)
             return failure
         except rtc.ConnectError as exc:  # one line: a server's answer may end in a newline
-            return " ".join(scrub_token(exc.message, token).split())
+            return redact(exc.message, token)
         except Exception as exc:
-            return " ".join(scrub_token(f"{type(exc).__name__}: {exc}", token).split())
+            return redact(f"{type(exc).__name__}: {exc}", token)
     return None
 
 
@@ -578,4 +573,4 @@ class RoomAttempt:
             self._trace(self.attempt, milestone)
 
     def _scrub(self, text: str) -> str:
-        return scrub_token(text, self._token)
+        return redact(text, self._token)

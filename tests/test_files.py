@@ -690,3 +690,19 @@ def _ended_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+@pytest.mark.parametrize("key", [KEY, "wrong-key-77"])
+async def test_both_ports_answer_watch_stream_alike(server: ReferenceServer, key: str) -> None:
+    # The stream's port answers /watch-stream for the Python SDK's derivation:
+    # the same status and JSON as the HTTP API, whichever a client asks.
+    stream_base = server.url.replace("ws://", "http://").removesuffix("/v1/stream")
+    answers = []
+    async with httpx.AsyncClient() as client:
+        for base in (server.http_url, stream_base):
+            response = await client.post(
+                f"{base}/watch-stream/leanjoin-none", headers={"x-api-key": key}
+            )
+            answers.append((response.status_code, response.json()))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == (404 if key == KEY else 401)

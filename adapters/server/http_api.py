@@ -101,13 +101,31 @@ def image_type(data: bytes, max_pixels: int = MAX_PIXELS) -> str:
     return mime
 
 
+UNAUTHORIZED: Final = "unauthorized: invalid api key (send it in the X-API-KEY header)"
+
+
+def key_matches(given: str, api_key: str) -> bool:
+    """Whether the X-API-KEY header ``given`` is ``api_key`` (in constant time)."""
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+async def watch_stream_answer(room_name: str, viewers: ViewerMinter) -> tuple[int, dict[str, str]]:
+    """``POST /watch-stream/{room}``'s status and JSON body, the key already
+    checked: a viewer's credentials, or 404. Both listeners answer with it."""
+    minted = await viewers(room_name) if room_name else None
+    if minted is None:
+        return 404, {"detail": f"room {room_name[:64]!r} not found (no session streams in it)"}
+    livekit_url, token = minted
+    log.info("viewer token minted for room %r", room_name)
+    return 200, {"livekit_url": livekit_url, "token": token, "room_name": room_name}
+
+
 @web.middleware
 async def _authenticate(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    given = request.headers.get("X-API-KEY", "").encode()
-    if not hmac.compare_digest(given, request.app[_API_KEY].encode()):
-        return _problem(401, "unauthorized: invalid api key (send it in the X-API-KEY header)")
+    if not key_matches(request.headers.get("X-API-KEY", ""), request.app[_API_KEY]):
+        return _problem(401, UNAUTHORIZED)
     return await handler(request)
 
 
@@ -187,13 +205,8 @@ async def _delete(request: web.Request) -> web.Response:
 
 
 async def _watch_stream(request: web.Request) -> web.Response:
-    room_name = request.match_info["room_name"]
-    minted = await request.app[_VIEWERS](room_name)
-    if minted is None:
-        return _problem(404, f"room {room_name[:64]!r} not found (no session streams in it)")
-    livekit_url, token = minted
-    log.info("viewer token minted for room %r", room_name)
-    return web.json_response({"livekit_url": livekit_url, "token": token, "room_name": room_name})
+    status, body = await watch_stream_answer(request.match_info["room_name"], request.app[_VIEWERS])
+    return web.json_response(body, status=status)
 
 
 def make_app(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import itertools
 import json
 import logging
@@ -74,7 +73,14 @@ from leanjoin.engine.server.session import ServerSession
 
 from .echo_model import Swatch, decode_reference, echo_transform, swatch
 from .file_store import FileStore
-from .http_api import WATCH_PATH, HttpApi, make_app
+from .http_api import (
+    UNAUTHORIZED,
+    WATCH_PATH,
+    HttpApi,
+    key_matches,
+    make_app,
+    watch_stream_answer,
+)
 from .listening import binding
 from .lkdouble import LiveKitDouble, RoomHandle
 from .reading import Prefetching, Uplink, UplinkConnection, receive
@@ -405,19 +411,15 @@ class ReferenceServer:
     ) -> Response:
         """``POST /watch-stream/{room}`` on the stream's port too: the Python SDK
         derives that URL from the realtime one (wss:// -> https://, same host),
-        where the JS client takes its base URL. Bodiless, so websockets parses it."""
-        given = request.headers.get("X-API-KEY", "").encode()
-        if not hmac.compare_digest(given, self.__api_key.encode()):
-            return connection.respond(401, "unauthorized: invalid api key (send X-API-KEY)\n")
-        room_name = unquote(path[len(WATCH_PATH) + 1 :])
-        minted = await self._viewer_credentials(room_name) if room_name else None
-        if minted is None:
-            return connection.respond(404, f"room {room_name[:64]!r} not found\n")
-        livekit_url, token = minted
-        body = json.dumps({"livekit_url": livekit_url, "token": token, "room_name": room_name})
-        response = connection.respond(200, body)
+        where the JS client takes its base URL. Bodiless, so websockets parses it;
+        answered as the HTTP API answers it."""
+        if key_matches(request.headers.get("X-API-KEY", ""), self.__api_key):
+            room_name = unquote(path[len(WATCH_PATH) + 1 :])
+            status, body = await watch_stream_answer(room_name, self._viewer_credentials)
+        else:
+            status, body = 401, {"detail": UNAUTHORIZED}
+        response = connection.respond(status, json.dumps(body))
         response.headers["Content-Type"] = "application/json"
-        log.info("viewer token minted for room %r", room_name)
         return response
 
     async def _serve(self, socket: ServerConnection) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
-import functools
-import http.server
 import io
 import json
 import logging
@@ -20,7 +18,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -416,11 +413,13 @@ async def test_an_unreachable_server_is_a_typed_error_without_status() -> None:
 
 
 @contextlib.asynccontextmanager
-async def answering(status: int, body: str) -> AsyncIterator[str]:
+async def answering(
+    status: int, body: str, content_type: str = "application/json"
+) -> AsyncIterator[str]:
     """An HTTP server (not ours: a wrong base URL) that answers every request so."""
 
     async def answer(_request: web.Request) -> web.Response:
-        return web.Response(status=status, text=body, content_type="application/json")
+        return web.Response(status=status, text=body, content_type=content_type)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
@@ -460,19 +459,12 @@ async def test_a_failure_names_the_url_it_asked(server: ReferenceServer) -> None
     assert "pass-word-9" not in message and KEY not in message
 
 
-async def test_an_html_error_page_is_one_line_that_questions_the_base_url(tmp_path: Path) -> None:
+async def test_an_html_error_page_is_one_line_that_questions_the_base_url() -> None:
     # Some other web server at the base URL: its error page is no reason to quote.
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
-        thread = threading.Thread(target=web.serve_forever, daemon=True)
-        thread.start()
-        try:
-            other = FilesClient(base_url=f"http://127.0.0.1:{web.server_port}", api_key=KEY)
-            with pytest.raises(FileNotFound) as failed:
-                await other.get("file_1")
-        finally:
-            web.shutdown()
-            thread.join(timeout=5)
+    page = "<html>\n<head><title>404 Not Found</title></head>\n<body>Not Found</body>\n</html>\n"
+    async with answering(404, page, "text/html") as url:
+        with pytest.raises(FileNotFound) as failed:
+            await FilesClient(base_url=url, api_key=KEY).get("file_1")
     message = str(failed.value)
     assert "\n" not in message and "<html" not in message.lower()
     assert "an HTML page, not the API's answer: is the base URL right?" in message
